@@ -1,0 +1,32 @@
+"""Generator throughput: captchas/s writing parquet at default settings on all cores.
+
+    python bench/bench_generator.py --count 20000
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from common import machine
+
+from captcha_generator import generate_captcha_data
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, default=20000, help="captchas to generate")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        out = generate_captcha_data(a.count, Path(tmp) / "bench.parquet", seed=0, workers=a.workers)
+        elapsed = time.perf_counter() - start
+        size = out.stat().st_size
+    print(f"machine: {machine()}")
+    print(f"generator: {a.count} captchas with {a.workers} workers in {elapsed:.1f} s = {a.count / elapsed:.0f} captchas/s ({size / a.count / 1024:.1f} KiB each)")
+
+
+if __name__ == "__main__":
+    main()

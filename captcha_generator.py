@@ -1,0 +1,260 @@
+"""Synthetic captchas in the shared parquet schema, plus a labelled grid picture.
+
+Each captcha is drawn from its own random stream ``np.random.default_rng([seed, index])``,
+so a seed gives byte-identical files whatever the number of worker processes.
+
+    python captcha_generator.py --count 10000 --output data/generated.parquet
+"""
+
+import argparse
+import io
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from labels import DEFAULT_CHARSET
+from parallel import ordered_map
+
+SCHEMA = pa.schema(
+    [
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("text", pa.string()),
+    ]
+)
+TEXT_TEMPLATE = "The text in this image is '{}'"
+ROW_GROUP = 1000
+
+
+def default_fonts() -> list[str]:
+    """The DejaVu TrueType fonts that matplotlib ships (so every install has them), sorted."""
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return sorted(str(p) for p in ttf.glob("DejaVu*.ttf") if "Display" not in p.name and "ExtraLight" not in p.name)
+
+
+@dataclass(frozen=True)
+class CaptchaStyle:
+    """Everything that shapes a captcha; one object travels to every worker."""
+
+    width: int = 150
+    height: int = 50
+    min_len: int = 4
+    max_len: int = 8
+    charset: str = DEFAULT_CHARSET
+    fonts: tuple[str, ...] = field(default_factory=lambda: tuple(default_fonts()))
+    spots: int = 20
+    lines: int = 2
+    rotation: float = 30.0
+    warp: float = 2.5
+
+
+@lru_cache(maxsize=512)
+def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size)
+
+
+def generate_random_string(rng: np.random.Generator, charset: str, min_len: int, max_len: int) -> str:
+    """A label of uniform random length in [min_len, max_len] over ``charset``."""
+    length = int(rng.integers(min_len, max_len + 1))
+    return "".join(charset[i] for i in rng.integers(0, len(charset), size=length))
+
+
+def _dark_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    return tuple(int(c) for c in rng.integers(0, 140, size=3))
+
+
+def _light_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    return tuple(int(c) for c in rng.integers(170, 256, size=3))
+
+
+def _char_tile(ch: str, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:
+    """One character in its own font, size, colour and rotation, as a tight RGBA tile."""
+    font = _font(style.fonts[int(rng.integers(len(style.fonts)))], int(style.height * rng.uniform(0.6, 0.85)))
+    left, top, right, bottom = font.getbbox(ch)
+    mask = Image.new("L", (right - left + 4, bottom - top + 4), 0)
+    ImageDraw.Draw(mask).text((2 - left, 2 - top), ch, font=font, fill=255)
+    mask = mask.rotate(float(rng.uniform(-style.rotation, style.rotation)), Image.BICUBIC, expand=True)
+    mask = mask.crop(mask.getbbox() or (0, 0, 1, 1))
+    tile = Image.new("RGBA", mask.size, _dark_colour(rng))
+    tile.putalpha(mask)
+    return tile
+
+
+def draw_text(img: Image.Image, text: str, rng: np.random.Generator, style: CaptchaStyle) -> None:
+    """Paste ``text`` onto ``img`` in place, character by character, neighbours overlapping."""
+    tiles = [_char_tile(ch, rng, style) for ch in text]
+    overlap = rng.uniform(0.0, 0.15)
+    advance = [max(1, round(t.width * (1 - overlap))) for t in tiles]
+    span = sum(advance[:-1]) + tiles[-1].width
+    scale = min(1.0, 0.94 * img.width / span, 0.98 * img.height / max(t.height for t in tiles))
+    if scale < 1.0:
+        tiles = [t.resize((max(1, round(t.width * scale)), max(1, round(t.height * scale))), Image.BICUBIC) for t in tiles]
+        advance = [max(1, round(a * scale)) for a in advance]
+        span = sum(advance[:-1]) + tiles[-1].width
+    x = int(rng.integers(0, max(1, img.width - span + 1)))
+    for tile, step in zip(tiles, advance):
+        free = max(0, img.height - tile.height)
+        y = round(free / 2 + rng.uniform(-0.35, 0.35) * free)
+        img.paste(tile, (x, y), tile)
+        x += step
+
+
+def draw_spots(img: Image.Image, rng: np.random.Generator, count: int) -> None:
+    """Scatter ``count`` small filled ellipses of random colours over ``img`` in place."""
+    draw = ImageDraw.Draw(img)
+    for _ in range(count):
+        x, y = rng.integers(0, img.width), rng.integers(0, img.height)
+        r = float(rng.uniform(0.5, 1.5))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, size=3)))
+
+
+def draw_lines(img: Image.Image, rng: np.random.Generator, count: int) -> None:
+    """Draw ``count`` curved strokes across ``img`` in place (each a 3-segment polyline)."""
+    draw = ImageDraw.Draw(img)
+    for _ in range(count):
+        xs = np.sort(rng.uniform(0, img.width, size=4))
+        ys = rng.uniform(0, img.height, size=4)
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=_dark_colour(rng), width=1)
+
+
+def elastic_transform(img: Image.Image, rng: np.random.Generator, alpha: float, grid: tuple[int, int] = (4, 10)) -> Image.Image:
+    """Smooth random warp: a coarse (rows, cols) grid of offsets of std ``alpha`` pixels,
+    upsampled bicubically to a dense field and applied with bilinear sampling."""
+    if alpha <= 0:
+        return img
+    w, h = img.size
+    fields = [
+        np.asarray(Image.fromarray(rng.normal(0, alpha, size=grid).astype(np.float32), "F").resize((w, h), Image.BICUBIC)) for _ in range(2)
+    ]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    x = np.clip(xx + fields[0], 0, w - 1)
+    y = np.clip(yy + fields[1], 0, h - 1)
+    x0, y0 = np.minimum(x.astype(np.int32), w - 2), np.minimum(y.astype(np.int32), h - 2)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    a = np.asarray(img, dtype=np.float32)
+    top = a[y0, x0] * (1 - fx) + a[y0, x0 + 1] * fx
+    bottom = a[y0 + 1, x0] * (1 - fx) + a[y0 + 1, x0 + 1] * fx
+    return Image.fromarray((top * (1 - fy) + bottom * fy + 0.5).astype(np.uint8), img.mode)
+
+
+def generate_captcha(text: str, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:
+    """Draw one RGB captcha of ``style.width`` x ``style.height`` showing ``text``."""
+    img = Image.new("RGB", (style.width, style.height), _light_colour(rng))
+    draw_spots(img, rng, style.spots)
+    draw_text(img, text, rng, style)
+    draw_lines(img, rng, style.lines)
+    return elastic_transform(img, rng, style.warp)
+
+
+def _render_rows(seed: int, start: int, stop: int, style: CaptchaStyle) -> list[tuple[bytes, str, str]]:
+    rows = []
+    for index in range(start, stop):
+        rng = np.random.default_rng([seed, index])
+        label = generate_random_string(rng, style.charset, style.min_len, style.max_len)
+        buf = io.BytesIO()
+        generate_captcha(label, rng, style).save(buf, "PNG", compress_level=1)
+        rows.append((buf.getvalue(), f"{index:08d}.png", TEXT_TEMPLATE.format(label)))
+    return rows
+
+
+def _to_table(rows: list[tuple[bytes, str, str]]) -> pa.Table:
+    images = pa.StructArray.from_arrays(
+        [pa.array([r[0] for r in rows], pa.binary()), pa.array([r[1] for r in rows], pa.string())], names=["bytes", "path"]
+    )
+    return pa.Table.from_arrays([images, pa.array([r[2] for r in rows], pa.string())], schema=SCHEMA)
+
+
+def generate_captcha_data(
+    count: int,
+    output: str | os.PathLike,
+    seed: int = 0,
+    style: CaptchaStyle | None = None,
+    workers: int | None = None,
+    row_group: int = ROW_GROUP,
+) -> Path:
+    """Write ``count`` captchas to parquet ``output`` in the shared schema.
+
+    Rows are rendered in chunks of ``row_group`` on ``workers`` processes and written one row
+    group at a time (a bounded number of chunks in flight), so memory does not grow with
+    ``count``. The file is written under a temporary name and renamed when complete.
+    """
+    style = style or CaptchaStyle()
+    if not style.fonts:
+        raise ValueError("no fonts: pass --fonts or install matplotlib's DejaVu fonts")
+    workers = workers or os.cpu_count() or 1
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    chunks = ((seed, start, min(start + row_group, count), style) for start in range(0, count, row_group))
+    with pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=count, unit="img", desc="generating") as bar:
+        for rows in ordered_map(_render_rows, chunks, workers):
+            writer.write_table(_to_table(rows))
+            bar.update(len(rows))
+    os.replace(tmp, output)
+    return output
+
+
+def save_grid_image(
+    output: str | os.PathLike = "saved_captchas_grid/grid_captchas.png", seed: int = 0, style: CaptchaStyle | None = None, n: int = 100
+) -> Path:
+    """Save ``n`` captchas with their labels in a grid PNG (10 columns)."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = style or CaptchaStyle()
+    cols = 10
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 0.9))
+    for index, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if index < n:
+            rng = np.random.default_rng([seed, index])
+            label = generate_random_string(rng, style.charset, style.min_len, style.max_len)
+            ax.imshow(generate_captcha(label, rng, style))
+            ax.set_title(label, fontsize=9, family="monospace")
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
+
+
+def main() -> None:
+    d = CaptchaStyle()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--count", type=int, default=10000, help="number of captchas to write")
+    p.add_argument("--output", default="data/generated.parquet", help="output parquet file")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes")
+    p.add_argument("--min-len", type=int, default=d.min_len, help="shortest label")
+    p.add_argument("--max-len", type=int, default=d.max_len, help="longest label")
+    p.add_argument("--charset", default=d.charset, help="characters labels are drawn from")
+    p.add_argument("--width", type=int, default=d.width, help="image width in pixels")
+    p.add_argument("--height", type=int, default=d.height, help="image height in pixels")
+    p.add_argument("--fonts", nargs="+", default=list(d.fonts), help="TrueType font files (default: matplotlib's DejaVu)")
+    p.add_argument("--spots", type=int, default=d.spots, help="noise spots per captcha")
+    p.add_argument("--lines", type=int, default=d.lines, help="noise strokes per captcha")
+    p.add_argument("--rotation", type=float, default=d.rotation, help="max per-character rotation in degrees")
+    p.add_argument("--warp", type=float, default=d.warp, help="elastic warp strength in pixels (0: off)")
+    p.add_argument("--grid", default="saved_captchas_grid/grid_captchas.png", help="grid picture path ('' to skip)")
+    a = p.parse_args()
+    style = CaptchaStyle(
+        width=a.width, height=a.height, min_len=a.min_len, max_len=a.max_len, charset=a.charset, fonts=tuple(a.fonts),
+        spots=a.spots, lines=a.lines, rotation=a.rotation, warp=a.warp,
+    )  # fmt: skip
+    out = generate_captcha_data(a.count, a.output, a.seed, style, a.workers)
+    print(f"wrote {a.count} captchas to {out}")
+    if a.grid:
+        print(f"wrote grid picture to {save_grid_image(a.grid, a.seed, style)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The one training configuration: a dataclass whose fields are also main.py's CLI flags.
+
+Every checkpoint stores ``asdict(config)``, so evaluation and serving rebuild the exact
+model and preprocessing from the checkpoint file alone.
+"""
+
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from labels import DEFAULT_CHARSET
+
+
+def _opt(default, help: str, type=None, nargs=None):
+    return field(default=default, metadata={"help": help, "type": type, "nargs": nargs})
+
+
+@dataclass
+class Config:
+    # data
+    data: list[str] = field(default_factory=lambda: ["data"], metadata={"help": "parquet files, folders or globs", "nargs": "+"})
+    split_ratios: str = _opt("0.9,0.05,0.05", "train,val,test ratios when the data has no split column")
+    limit: int = _opt(0, "use at most this many rows of each split (0: all); for smoke runs")
+    default_count: int = _opt(60000, "captchas generated into data/ when it holds no parquet file")
+    # model and input
+    charset: str = _opt(DEFAULT_CHARSET, "characters the model reads (case-sensitive)")
+    max_len: int = _opt(8, "longest label the model can output")
+    img_height: int = _opt(48, "model input height; images keep their aspect ratio and are padded")
+    img_width: int = _opt(160, "model input width")
+    channels: int = _opt(3, "input channels: 3 (RGB) or 1 (grayscale)")
+    variant: str = _opt("efficientnet-b0", "EfficientNet variant (efficientnet-b0 ... b7)")
+    width_mult: float = _opt(0.5, "channel multiplier overriding the variant's (0: the variant's own)")
+    depth_mult: float = _opt(0.5, "depth multiplier overriding the variant's (0: the variant's own)")
+    width_strides: int = _opt(3, "horizontal downsamplings of the backbone (5 = stock EfficientNet)")
+    head_dim: int = _opt(256, "width of the per-position attention heads")
+    dropout: float = _opt(0.1, "dropout in the heads")
+    pretrained_weights: str = _opt("", "local EfficientNet ImageNet state_dict file to start the backbone from")
+    # optimisation
+    epochs: int = _opt(6, "training epochs")
+    pretrain_epochs: int = _opt(-1, "epochs with the backbone frozen first (-1: 1 with pretrained weights, else 0)")
+    batch_size: int = _opt(64, "images per step")
+    lr: float = _opt(3e-3, "peak learning rate (AdamW, one-cycle schedule)")
+    weight_decay: float = _opt(0.05, "AdamW weight decay")
+    label_smoothing: float = _opt(0.05, "cross-entropy label smoothing")
+    grad_clip: float = _opt(2.0, "gradient norm clip (0: off)")
+    channels_last: bool = _opt(True, "channels_last memory format (2x faster on CPU here)")
+    amp: bool = _opt(False, "bfloat16 autocast (CPU / CUDA)")
+    # run
+    seed: int = _opt(0, "random seed for data order, init and dropout")
+    workers: int = _opt(2, "DataLoader worker processes")
+    device: str = _opt("auto", "auto, cpu, cuda or mps")
+    out_dir: str = _opt("saved_models", "where run folders are created")
+    run_name: str = _opt("", "run folder name (default: a timestamp)")
+    resume: str = _opt("", "checkpoint (last.pt) to continue training from")
+    max_steps: int = _opt(0, "stop after this many steps per epoch (0: full epochs); for smoke runs")
+
+    @property
+    def ratios(self) -> tuple[float, float, float]:
+        return tuple(float(r) for r in self.split_ratios.split(","))
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag-name`` per Config field, with its default and help text."""
+    for f in fields(Config):
+        default = f.default_factory() if f.default is MISSING else f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
+        else:
+            kind = f.metadata.get("type") or (str if isinstance(default, list) else type(default))
+            parser.add_argument(flag, type=kind, nargs=f.metadata.get("nargs"), default=default, help=f.metadata["help"])
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
+
+
+def config_to_dict(config: Config) -> dict:
+    return asdict(config)

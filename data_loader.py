@@ -1,0 +1,195 @@
+"""Parquet captchas (the shared schema) -> train/val/test DataLoaders.
+
+Each parquet file is converted once, row group by row group, into an uncompressed Arrow
+IPC file in a cache folder, then memory-mapped: images stay encoded bytes in the page
+cache, shared by every DataLoader worker, and are decoded one at a time in the workers.
+"""
+
+import glob
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from config import Config
+from labels import SPLITS, LabelCodec, label_problem, parse_label, split_of
+
+Image.MAX_IMAGE_PIXELS = 4_000_000  # captchas are small; anything larger is refused as a decompression bomb
+
+
+def find_parquet_files(paths: list[str]) -> list[Path]:
+    """Expand files, folders (recursively) and globs into a sorted list of parquet files."""
+    found: set[Path] = set()
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found.update(path.rglob("*.parquet"))
+        elif path.is_file():
+            found.add(path)
+        else:
+            found.update(Path(m) for m in glob.glob(p, recursive=True) if m.endswith(".parquet"))
+    return sorted(found)
+
+
+def decode_image(data: bytes, channels: int = 3) -> Image.Image:
+    """Encoded bytes -> PIL image in the model's colour mode ("RGB" or "L").
+
+    16-bit and palette images are converted through RGB; raises PIL's errors for bytes
+    that are not an image and DecompressionBombError for oversized ones.
+    """
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = Image.fromarray((np.asarray(img, dtype=np.float32) / 256).clip(0, 255).astype(np.uint8))
+    img = img.convert("RGB")
+    return img.convert("L") if channels == 1 else img
+
+
+class SquarePadAndResize:
+    """Resize a PIL image to fit (height, width) keeping its aspect ratio, centre it and pad.
+
+    Despite the historical name the target is rectangular (wide by default): captchas
+    are about 3:1, and padding them to a square would waste two thirds of the input.
+    Returns a float tensor of shape (C, height, width) scaled to [-1, 1].
+    """
+
+    def __init__(self, height: int, width: int, fill: int = 255):
+        self.height, self.width, self.fill = height, width, fill
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        scale = min(self.height / img.height, self.width / img.width)
+        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        canvas = Image.new(img.mode, (self.width, self.height), (self.fill,) * len(img.getbands()))
+        canvas.paste(img.resize((w, h), Image.BILINEAR), ((self.width - w) // 2, (self.height - h) // 2))
+        arr = np.asarray(canvas, dtype=np.float32).reshape(self.height, self.width, -1)
+        return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def _arrow_cache(parquet: Path, cache_dir: Path) -> Path:
+    """Convert ``parquet`` to a memory-mappable Arrow IPC file (once; reused while unchanged)."""
+    stat = parquet.stat()
+    key = hashlib.sha1(f"{parquet.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / f"{parquet.stem}-{key}.arrow"
+    if target.exists():
+        return target
+    try:
+        source = pq.ParquetFile(parquet)
+    except Exception as err:
+        raise ValueError(f"{parquet}: not a readable parquet file ({err})") from err
+    missing = {"image", "text"} - set(source.schema_arrow.names)
+    if missing:
+        raise ValueError(f"{parquet}: missing column(s) {sorted(missing)}; expected the image/text schema")
+    columns = [c for c in ("image", "text", "label", "split") if c in source.schema_arrow.names]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    with pa.OSFile(str(tmp), "wb") as sink:
+        writer = None
+        for batch in source.iter_batches(batch_size=4096, columns=columns):
+            table = pa.Table.from_batches([batch])
+            table = table.set_column(0, "image", pc.struct_field(table["image"], "bytes"))
+            if writer is None:
+                writer = pa.ipc.new_file(sink, table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, target)
+    return target
+
+
+class CaptchaDataset(Dataset):
+    """Rows (file, row) of memory-mapped Arrow tables -> (image (C, H, W), target (max_len,)).
+
+    An image that fails to decode yields ``None``; ``collate_skipping_bad`` drops and counts it.
+    """
+
+    def __init__(self, tables: list[pa.Table], rows: np.ndarray, labels: list[str], config: Config, codec: LabelCodec):
+        self.tables, self.rows, self.labels, self.codec = tables, rows, labels, codec
+        self.channels = config.channels
+        self.transform = SquarePadAndResize(config.img_height, config.img_width)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image_bytes(self, index: int) -> bytes:
+        file_index, row = self.rows[index]
+        return self.tables[file_index]["image"][int(row)].as_py()
+
+    def __getitem__(self, index: int):
+        try:
+            img = decode_image(self.image_bytes(index), self.channels)
+        except Exception:
+            return None
+        return self.transform(img), self.codec.encode(self.labels[index])
+
+
+def collate_skipping_bad(items):
+    """Stack the good items; returns (images (B, C, H, W), targets (B, max_len), bad_count)."""
+    good = [it for it in items if it is not None]
+    if not good:
+        return None, None, len(items)
+    images, targets = zip(*good)
+    return torch.stack(images), torch.stack(targets), len(items) - len(good)
+
+
+def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
+    """Memory-map every parquet file of ``config.data`` and sort its rows into splits.
+
+    Returns (tables, {split: (rows (N, 2) int64 of (file, row), labels)}, skipped counts by reason).
+    """
+    files = find_parquet_files(config.data)
+    if not files:
+        raise FileNotFoundError(f"no parquet files found in {config.data}")
+    tables, split_rows, skipped = [], {s: ([], []) for s in SPLITS}, {}
+    for file_index, path in enumerate(files):
+        arrow = _arrow_cache(path, cache_dir or path.parent / ".cache")
+        table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
+        tables.append(table)
+        labels = table["label"].to_pylist() if "label" in table.column_names else [parse_label(t) for t in table["text"].to_pylist()]
+        splits = table["split"].to_pylist() if "split" in table.column_names else None
+        images = table["image"]
+        for row, label in enumerate(labels):
+            problem = label_problem(label, codec.charset, codec.max_len)
+            if problem is not None:
+                skipped[problem] = skipped.get(problem, 0) + 1
+                continue
+            split = splits[row] if splits else split_of(images[row].as_py() or b"", config.ratios)
+            split_rows[split][0].append((file_index, row))
+            split_rows[split][1].append(label)
+    out = {s: (np.asarray(r, dtype=np.int64).reshape(-1, 2), lab) for s, (r, lab) in split_rows.items()}
+    return tables, out, skipped
+
+
+def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) -> dict:
+    """Build {"train", "val", "test"} DataLoaders plus "skipped" (label problems by reason).
+
+    The train loader shuffles with its own generator (``loader.generator``), which the
+    training loop reseeds every epoch so that a resumed run sees the same order.
+    """
+    tables, splits, skipped = read_rows(config, codec, cache_dir)
+    loaders: dict = {"skipped": skipped}
+    for name, (rows, labels) in splits.items():
+        if config.limit:
+            rows, labels = rows[: config.limit], labels[: config.limit]
+        dataset = CaptchaDataset(tables, rows, labels, config, codec)
+        generator = torch.Generator().manual_seed(config.seed)
+        loaders[name] = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=name == "train",
+            drop_last=name == "train" and len(dataset) > config.batch_size,
+            num_workers=config.workers,
+            persistent_workers=config.workers > 0,
+            collate_fn=collate_skipping_bad,
+            generator=generator,
+        )
+    if len(loaders["train"].dataset) == 0:
+        raise ValueError(f"no trainable rows in {config.data} (skipped: {skipped})")
+    return loaders

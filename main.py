@@ -1,0 +1,44 @@
+"""Train the EfficientNet multi-head captcha recognizer.
+
+python main.py                       # generated data if data/ is empty, then train
+python main.py --data data/ --epochs 10
+python main.py --resume saved_models/<run>/last.pt
+"""
+
+import argparse
+from pathlib import Path
+
+from captcha_generator import generate_captcha_data
+from config import add_config_args, config_from_args
+from data_loader import find_parquet_files, load_data
+from labels import LabelCodec
+from utils import config_from_checkpoint, find_latest_checkpoint, load_checkpoint, train_model
+from visualize import CaptchaVisualizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    config = config_from_args(parser.parse_args())
+    if config.resume:
+        resume = config.resume
+        config = config_from_checkpoint(load_checkpoint(resume))
+        config.resume = resume
+    if not find_parquet_files(config.data) and config.data == ["data"]:
+        target = Path("data/generated.parquet")
+        print(f"note: no parquet file in data/; generating {config.default_count} captchas into {target} (the shared schema)")
+        generate_captcha_data(config.default_count, target, seed=config.seed, workers=config.workers or None)
+    codec = LabelCodec(config.charset, config.max_len)
+    loaders = load_data(config, codec)
+    if loaders["skipped"]:
+        print(f"skipped rows by reason: {loaders['skipped']}")
+    print(", ".join(f"{s}: {len(loaders[s].dataset)} rows" for s in ("train", "val", "test")))
+    run_dir = train_model(config, loaders)
+    best = find_latest_checkpoint(run_dir.parent) if not (run_dir / "best.pt").exists() else run_dir / "best.pt"
+    picture = CaptchaVisualizer(best).visualize_predictions(loaders["val"].dataset, run_dir / "predictions.png")
+    print(f"checkpoints: {run_dir / 'best.pt'} (best), {run_dir / 'last.pt'} (last)")
+    print(f"metrics: {run_dir / 'metrics.csv'}, curves: {run_dir / 'curves.png'}, predictions: {picture}")
+
+
+if __name__ == "__main__":
+    main()

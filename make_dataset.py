@@ -1,0 +1,161 @@
+"""Combine parquet shards (hammer888/captcha-data, generated, your own) into one clean file.
+
+Streams row group by row group: memory stays bounded whatever the input size. Adds a
+`label` column (parsed once) and a `split` column (train/val/test from a hash of the
+image bytes, so identical images share a split). Bad rows are dropped, counted by
+reason and listed in a JSON report; the output appears under its final name only
+when complete.
+
+    python make_dataset.py data/*.parquet --output data/combined/combined.parquet
+"""
+
+import argparse
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from data_loader import decode_image, find_parquet_files
+from labels import DEFAULT_CHARSET, SPLITS, label_problem, parse_label, split_of
+from parallel import ordered_map
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+
+
+def _row_problem(image: dict | None, label: str, charset: str, max_len: int) -> str | None:
+    if not image or not image.get("bytes"):
+        return "no_image"
+    try:
+        decode_image(image["bytes"])
+    except Exception:
+        return "bad_image"
+    return label_problem(label, charset, max_len)
+
+
+def _clean_batch(file: str, first_row: int, batch: pa.RecordBatch, charset: str, max_len: int, ratios) -> tuple[pa.Table, list]:
+    """Validate one record batch; returns (good rows in OUTPUT_SCHEMA, [(file, row, reason)])."""
+    images, texts = batch.column("image").to_pylist(), batch.column("text").to_pylist()
+    keep, dropped = [], []
+    for i, (image, text) in enumerate(zip(images, texts)):
+        label = parse_label(text)
+        problem = _row_problem(image, label, charset, max_len)
+        if problem:
+            dropped.append((file, first_row + i, problem))
+        else:
+            keep.append((image, text, label, split_of(image["bytes"], ratios)))
+    table = pa.Table.from_pylist(
+        [{"image": {"bytes": im["bytes"], "path": im.get("path")}, "text": t, "label": lab, "split": s} for im, t, lab, s in keep],
+        schema=OUTPUT_SCHEMA,
+    )
+    return table, dropped
+
+
+def _open_input(path: Path) -> pq.ParquetFile:
+    try:
+        source = pq.ParquetFile(path)
+    except Exception as err:
+        raise ValueError(f"{path}: not a parquet file ({err})") from err
+    missing = {"image", "text"} - set(source.schema_arrow.names)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected columns image {{bytes, path}} and text")
+    return source
+
+
+def parquet_to_parquet(
+    inputs: list[str],
+    output: str | os.PathLike,
+    ratios: tuple[float, float, float] = (0.9, 0.05, 0.05),
+    charset: str = DEFAULT_CHARSET,
+    max_len: int = 8,
+    report: str | os.PathLike | None = None,
+    skip_bad_files: bool = False,
+    workers: int = 1,
+    batch_rows: int = 1024,
+) -> dict:
+    """Combine ``inputs`` (files, folders, globs) into parquet ``output``; returns the summary.
+
+    Raises ValueError naming the file for a non-parquet input or missing columns, unless
+    ``skip_bad_files``, in which case the file is listed in the summary and skipped.
+    """
+    files = find_parquet_files(inputs)
+    if not files:
+        raise FileNotFoundError(f"no parquet files in {inputs}")
+    output = Path(output)
+    sources, bad_files = [], []
+    for path in files:
+        try:
+            sources.append((path, _open_input(path)))
+        except ValueError as err:
+            if not skip_bad_files:
+                raise
+            bad_files.append(str(err))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+
+    def tasks():
+        for path, source in sources:
+            row = 0
+            for batch in source.iter_batches(batch_size=batch_rows, columns=["image", "text"]):
+                yield str(path), row, batch, charset, max_len, ratios
+                row += batch.num_rows
+
+    rows_in = sum(s.metadata.num_rows for _, s in sources)
+    reasons, dropped_rows, splits = Counter(), [], Counter()
+    with pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer, tqdm(total=rows_in, unit="row", desc="combining") as bar:
+        for table, dropped in ordered_map(_clean_batch, tasks(), workers):
+            if table.num_rows:
+                writer.write_table(table)
+            splits.update(table.column("split").to_pylist())
+            reasons.update(reason for _, _, reason in dropped)
+            dropped_rows += [{"file": f, "row": r, "reason": reason} for f, r, reason in dropped]
+            bar.update(table.num_rows + len(dropped))
+    os.replace(tmp, output)
+    summary = {
+        "output": str(output),
+        "files": [str(p) for p, _ in sources],
+        "bad_files": bad_files,
+        "rows_in": rows_in,
+        "rows_out": sum(splits.values()),
+        "splits": {s: splits.get(s, 0) for s in SPLITS},
+        "dropped": dict(reasons),
+        "dropped_rows": dropped_rows,
+    }
+    if report:
+        Path(report).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="parquet files, folders or globs")
+    p.add_argument("--output", default="data/combined/combined.parquet", help="output parquet file")
+    p.add_argument("--ratios", default="0.9,0.05,0.05", help="train,val,test split ratios")
+    p.add_argument("--charset", default=DEFAULT_CHARSET, help="allowed label characters")
+    p.add_argument("--max-len", type=int, default=8, help="longest allowed label")
+    p.add_argument("--report", default=None, help="JSON report path (default: <output>.report.json)")
+    p.add_argument("--skip-bad-files", action="store_true", help="skip unreadable inputs instead of stopping")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes validating images")
+    a = p.parse_args()
+    report = a.report or str(a.output) + ".report.json"
+    ratios = tuple(float(r) for r in a.ratios.split(","))
+    try:
+        s = parquet_to_parquet(a.inputs, a.output, ratios, a.charset, a.max_len, report, a.skip_bad_files, a.workers)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"make_dataset: {err}") from None
+    print(f"wrote {s['rows_out']} of {s['rows_in']} rows to {s['output']}  splits {s['splits']}")
+    print(f"dropped {sum(s['dropped'].values())} rows {s['dropped']}; bad files {len(s['bad_files'])}; report {report}")
+
+
+if __name__ == "__main__":
+    main()

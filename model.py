@@ -1,0 +1,80 @@
+"""CNNModel: an EfficientNet backbone read as a row of columns, and one head per character.
+
+The backbone is efficientnet-pytorch's EfficientNet built from its own block list, with
+the vertical-only strides (``(2, 1)``) of the later stages configurable: a 64x192
+captcha then keeps 24 columns of features instead of EfficientNet's usual 6, more
+columns than characters. Each character position has its own learnt query that
+attends over those columns; a classifier shared by the positions turns each attended
+vector into logits over the charset plus the end/pad class.
+"""
+
+import torch
+from efficientnet_pytorch import EfficientNet
+from efficientnet_pytorch.utils import get_model_params
+from torch import nn
+
+
+def build_backbone(variant: str, width_strides: int, width_mult: float | None, depth_mult: float | None) -> EfficientNet:
+    """EfficientNet ``variant`` whose horizontal downsampling is ``2 ** width_strides``.
+
+    EfficientNet downsamples 5 times (stem + 4 stages); the last ``5 - width_strides``
+    of those become vertical-only. ``width_mult`` / ``depth_mult`` override the
+    variant's channel and depth coefficients when given.
+    """
+    overrides = {"num_classes": 1, "include_top": False, "image_size": None}
+    if width_mult is not None:
+        overrides["width_coefficient"] = width_mult
+    if depth_mult is not None:
+        overrides["depth_coefficient"] = depth_mult
+    blocks_args, global_params = get_model_params(variant, overrides)
+    strided = [i for i, b in enumerate(blocks_args) if b.stride != [1]]
+    vertical_only = set(strided[max(0, width_strides - 1) :])
+    blocks_args = [b._replace(stride=[2, 1]) if i in vertical_only else b for i, b in enumerate(blocks_args)]
+    return EfficientNet(blocks_args, global_params)
+
+
+class CNNModel(nn.Module):
+    """Captcha recognizer: images (B, C, H, W) -> logits (B, max_len, num_classes).
+
+    ``num_classes`` counts the end/pad class (index 0) plus one class per character.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        max_len: int,
+        img_height: int = 64,
+        img_width: int = 192,
+        channels: int = 3,
+        variant: str = "efficientnet-b0",
+        width_strides: int = 3,
+        width_mult: float | None = None,
+        depth_mult: float | None = None,
+        head_dim: int = 256,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.backbone = build_backbone(variant, width_strides, width_mult, depth_mult)
+        if channels != 3:
+            stem = self.backbone._conv_stem
+            self.backbone._conv_stem = type(stem)(channels, stem.out_channels, kernel_size=3, stride=2, bias=False)
+        with torch.no_grad():
+            _, feat_channels, _, columns = self.backbone.extract_features(torch.zeros(1, channels, img_height, img_width)).shape
+        self.proj = nn.Linear(feat_channels, head_dim)
+        self.column_pos = nn.Parameter(torch.randn(1, columns, head_dim) * 0.02)
+        self.queries = nn.Parameter(torch.randn(1, max_len, head_dim) * 0.02)
+        self.attend = nn.MultiheadAttention(head_dim, num_heads=4, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(head_dim)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_dim, num_classes))
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """The modules the pretraining phase freezes."""
+        return [self.backbone]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) float, normalised -> logits (B, max_len, num_classes)."""
+        feats = self.backbone.extract_features(images)  # (B, F, h, w)
+        columns = self.proj(feats.mean(dim=2).transpose(1, 2)) + self.column_pos  # (B, w, D)
+        queries = self.queries.expand(images.shape[0], -1, -1)  # (B, max_len, D)
+        attended, _ = self.attend(queries, columns, columns, need_weights=False)
+        return self.classifier(self.norm(attended + queries))  # (B, max_len, num_classes)

@@ -1,0 +1,72 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_loader import SquarePadAndResize, decode_image, find_parquet_files, load_data
+from labels import LabelCodec
+
+
+def encoded(img: Image.Image, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_pad_and_resize_keeps_aspect_ratio_and_centres():
+    img = Image.new("RGB", (150, 50), (0, 0, 0))
+    out = SquarePadAndResize(48, 160)(img)
+    assert out.shape == (3, 48, 160)
+    dark_columns = (out[0] < 0).all(dim=0).nonzero().flatten()
+    assert dark_columns.min() == 8 and dark_columns.max() == 151  # 150x50 -> 144x48, 8 px of padding each side
+    assert torch.all(out[:, :, :8] == 1.0)  # white padding, scaled to [-1, 1]
+
+
+def test_pad_and_resize_tall_image_pads_width():
+    out = SquarePadAndResize(32, 96)(Image.new("L", (20, 100), 0))
+    assert out.shape == (1, 32, 96)
+    assert (out[0] < 0).any(dim=0).sum() == 6
+
+
+@pytest.mark.parametrize(
+    "img",
+    [
+        Image.new("L", (40, 20), 128),
+        Image.new("RGBA", (40, 20), (10, 20, 30, 0)),
+        Image.new("P", (40, 20), 3),
+        Image.fromarray(np.full((20, 40), 40000, dtype=np.uint16)),
+        Image.new("1", (40, 20), 1),
+    ],
+    ids=["L", "RGBA", "P", "I16", "1bit"],
+)
+def test_decode_converts_every_mode(img):
+    out = decode_image(encoded(img))
+    assert out.mode == "RGB" and out.size == (40, 20)
+    assert decode_image(encoded(img), channels=1).mode == "L"
+
+
+def test_decode_cmyk_jpeg_and_bomb():
+    assert decode_image(encoded(Image.new("CMYK", (40, 20), (0, 50, 50, 0)), "JPEG")).mode == "RGB"
+    with pytest.raises(Image.DecompressionBombError):
+        decode_image(encoded(Image.new("1", (6000, 6000))))
+
+
+def test_find_parquet_files_accepts_folders_files_and_globs(tiny_parquet):
+    folder = tiny_parquet.parent
+    assert find_parquet_files([str(folder)]) == [tiny_parquet]
+    assert find_parquet_files([str(folder / "*.parquet")]) == [tiny_parquet]
+    assert find_parquet_files([str(tiny_parquet), str(tiny_parquet)]) == [tiny_parquet]
+
+
+def test_load_data_splits_and_batches(tiny_config):
+    codec = LabelCodec(tiny_config.charset, tiny_config.max_len)
+    loaders = load_data(tiny_config, codec)
+    sizes = {s: len(loaders[s].dataset) for s in ("train", "val", "test")}
+    assert sum(sizes.values()) == 120 and min(sizes.values()) > 5
+    images, targets, bad = next(iter(loaders["train"]))
+    assert images.shape == (16, 3, 32, 96) and targets.shape == (16, 4) and bad == 0
+    assert images.min() >= -1 and images.max() <= 1
+    again = load_data(tiny_config, codec)  # the Arrow cache is reused and the split is stable
+    assert again["val"].dataset.labels == loaders["val"].dataset.labels

@@ -1,0 +1,58 @@
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from captcha_generator import (
+    CaptchaStyle,
+    elastic_transform,
+    generate_captcha,
+    generate_captcha_data,
+    generate_random_string,
+    save_grid_image,
+)
+from labels import parse_label
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
+    one = generate_captcha_data(60, tmp_path / "one.parquet", seed=7, workers=1, row_group=10)
+    two = generate_captcha_data(60, tmp_path / "two.parquet", seed=7, workers=2, row_group=10)
+    assert one.read_bytes() == two.read_bytes()
+    other = generate_captcha_data(20, tmp_path / "other.parquet", seed=8, workers=1)
+    assert pq.read_table(other)["image"][0].as_py() != pq.read_table(one)["image"][0].as_py()
+
+
+def test_schema_sizes_and_labels(tmp_path):
+    style = CaptchaStyle(width=120, height=40, min_len=3, max_len=5, charset="xyz")
+    path = generate_captcha_data(30, tmp_path / "g.parquet", seed=0, style=style, workers=1)
+    table = pq.read_table(path)
+    assert table.column_names == ["image", "text"]
+    assert table.schema.field("image").type.names == ["bytes", "path"]
+    assert not list(tmp_path.glob("*.tmp"))
+    for row in table.to_pylist():
+        img = Image.open(io.BytesIO(row["image"]["bytes"]))
+        assert img.size == (120, 40) and img.mode == "RGB"
+        label = parse_label(row["text"])
+        assert 3 <= len(label) <= 5 and set(label) <= set("xyz")
+
+
+def test_random_string_lengths_cover_the_range():
+    rng = np.random.default_rng(0)
+    lengths = {len(generate_random_string(rng, "ab", 4, 6)) for _ in range(200)}
+    assert lengths == {4, 5, 6}
+
+
+def test_captcha_draws_text_and_warp_changes_pixels():
+    style = CaptchaStyle(spots=0, lines=0, warp=0)
+    img = generate_captcha("Ab3", np.random.default_rng(0), style)
+    arr = np.asarray(img)
+    background = arr[0, 0]
+    assert (np.abs(arr.astype(int) - background).sum(axis=2) > 100).mean() > 0.03
+    warped = elastic_transform(img, np.random.default_rng(1), alpha=3.0)
+    assert warped.size == img.size and not np.array_equal(np.asarray(warped), arr)
+
+
+def test_grid_image(tmp_path):
+    out = save_grid_image(tmp_path / "grid.png", n=12)
+    assert Image.open(out).size[0] > 500

@@ -1,0 +1,26 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--img-height", "32", "--img-width", "96", "--width-mult", "0.25", "--depth-mult", "0.25", "--head-dim", "32"]
+
+
+def test_main_generates_default_data_when_data_is_empty_then_trains(tmp_path):
+    cmd = [sys.executable, str(ROOT / "main.py"), "--default-count", "150", "--epochs", "1", "--max-steps", "2", "--batch-size", "8"]
+    result = subprocess.run(cmd + TINY + ["--workers", "1", "--run-name", "r"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "note: no parquet file in data/; generating 150 captchas" in result.stdout
+    assert pq.read_metadata(tmp_path / "data" / "generated.parquet").num_rows == 150
+    run = tmp_path / "saved_models" / "r"
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "predictions.png"):
+        assert (run / name).exists(), name
+    assert "epoch 1/1" in result.stdout and "predictions:" in result.stdout
+
+
+def test_main_help_lists_every_knob():
+    out = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--data", "--charset", "--max-len", "--img-width", "--variant", "--pretrained-weights", "--pretrain-epochs", "--resume", "--lr"):
+        assert flag in out

@@ -1,0 +1,79 @@
+import dataclasses
+
+import torch
+
+from data_loader import load_data
+from labels import LabelCodec
+from model import CNNModel
+from utils import build_model, load_checkpoint, load_model, seed_everything, set_requires_grad, train_model
+
+
+def loaders_for(config):
+    return load_data(config, LabelCodec(config.charset, config.max_len))
+
+
+def test_model_output_shape():
+    model = CNNModel(num_classes=7, max_len=5, img_height=32, img_width=96, width_mult=0.25, depth_mult=0.25, head_dim=32)
+    assert model(torch.randn(3, 3, 32, 96)).shape == (3, 5, 7)
+
+
+def test_grayscale_model_output_shape():
+    model = CNNModel(num_classes=4, max_len=3, img_height=32, img_width=64, channels=1, width_mult=0.25, depth_mult=0.25)
+    assert model(torch.randn(2, 1, 32, 64)).shape == (2, 3, 4)
+
+
+def test_few_steps_write_checkpoints_metrics_and_plot(tiny_config):
+    run = train_model(tiny_config, loaders_for(tiny_config))
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
+        assert (run / name).exists(), name
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["charset"] == "abc123" and len(ckpt["history"]) == 2
+    assert {"model", "optimizer", "scheduler", "config", "best_metric"} <= set(ckpt)
+    assert (run / "metrics.csv").read_text().count("\n") == 3
+    assert not list(run.glob("*.tmp"))
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model(tiny_config):
+    run = train_model(tiny_config, loaders_for(tiny_config))
+    model, codec, config, _ = load_model(run / "last.pt")
+    state = load_checkpoint(run / "last.pt")["model"]
+    assert config == dataclasses.replace(tiny_config, resume="")
+    assert codec.charset == "abc123"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    newest, *_ = load_model(out_dir=tiny_config.out_dir)
+    assert newest.state_dict().keys() == state.keys()
+
+
+def test_resume_continues_identically(tiny_config):
+    straight = dataclasses.replace(tiny_config, epochs=3, run_name="straight")
+    run = train_model(straight, loaders_for(straight))
+    interrupted = dataclasses.replace(straight, run_name="interrupted")
+    part = train_model(interrupted, loaders_for(interrupted), stop_after_epochs=1)
+    assert load_checkpoint(part / "last.pt")["epoch"] == 0
+    resumed = dataclasses.replace(interrupted, resume=str(part / "last.pt"))
+    train_model(resumed, loaders_for(resumed))
+    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(part / "last.pt")
+    assert [dict(h, img_per_s=0) for h in a["history"]] == [dict(h, img_per_s=0) for h in b["history"]]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_pretraining_freezes_backbone_weights_and_batchnorm_stats(tiny_config):
+    config = dataclasses.replace(tiny_config, epochs=1, pretrain_epochs=1)
+    seed_everything(config.seed)
+    before = build_model(config).state_dict()
+    run = train_model(config, loaders_for(config))
+    after = load_checkpoint(run / "last.pt")["model"]
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone)
+    for k in backbone:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["queries"], after["queries"])
+
+
+def test_set_requires_grad():
+    model = CNNModel(num_classes=3, max_len=2, img_height=32, img_width=64, width_mult=0.25, depth_mult=0.25)
+    set_requires_grad(model.backbone, False)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.classifier.parameters())

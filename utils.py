@@ -1,0 +1,271 @@
+"""Device, seeding, checkpoints, model loading and the training loop."""
+
+import contextlib
+import csv
+import os
+import random
+import time
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from config import Config
+from labels import LabelCodec
+from model import CNNModel
+
+CHECKPOINT_VERSION = 1
+
+
+def get_device(name: str = "auto") -> torch.device:
+    """ "auto" picks cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on ``device`` when enabled, else a null context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_requires_grad(module: nn.Module, requires_grad: bool) -> None:
+    """Freeze or unfreeze every parameter of ``module``."""
+    for p in module.parameters():
+        p.requires_grad_(requires_grad)
+
+
+def build_model(config: Config) -> CNNModel:
+    return CNNModel(
+        num_classes=len(config.charset) + 1,
+        max_len=config.max_len,
+        img_height=config.img_height,
+        img_width=config.img_width,
+        channels=config.channels,
+        variant=config.variant,
+        width_strides=config.width_strides,
+        width_mult=config.width_mult or None,
+        depth_mult=config.depth_mult or None,
+        head_dim=config.head_dim,
+        dropout=config.dropout,
+    )
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint safely (``weights_only=True``: no pickled code runs) onto the CPU."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a safe captcha checkpoint ({type(err).__name__}: {err})") from err
+
+
+def find_latest_checkpoint(out_dir: str | os.PathLike = "saved_models") -> Path:
+    """The most recently written best.pt (or last.pt) under ``out_dir``."""
+    candidates = list(Path(out_dir).glob("*/best.pt")) or list(Path(out_dir).glob("*/last.pt"))
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint in {out_dir}/ yet: train one with `python main.py`")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def config_from_checkpoint(ckpt: dict) -> Config:
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in ckpt["config"].items() if k in known})
+
+
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", out_dir: str = "saved_models"):
+    """Rebuild the model from a checkpoint alone (newest in ``out_dir`` when ``path`` is None).
+
+    Returns (model in eval mode on ``device``, codec, config, checkpoint dict).
+    """
+    path = Path(path) if path else find_latest_checkpoint(out_dir)
+    ckpt = load_checkpoint(path)
+    config = config_from_checkpoint(ckpt)
+    model = build_model(config)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    ckpt["path"] = str(path)
+    return model, LabelCodec(config.charset, config.max_len), config, ckpt
+
+
+@torch.no_grad()
+def predict_batch(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (B, C, H, W) -> (class ids (B, max_len), probabilities of those ids (B, max_len))."""
+    probs = model(images).float().softmax(dim=-1)
+    conf, ids = probs.max(dim=-1)
+    return ids, conf
+
+
+def sequence_metrics(predictions: list[str], labels: list[str]) -> dict:
+    """Whole-sequence accuracy and CER (jiwer), case-sensitive."""
+    correct = sum(p == t for p, t in zip(predictions, labels))
+    return {"seq_acc": correct / max(1, len(labels)), "cer": jiwer.cer(labels, predictions) if labels else 0.0}
+
+
+def evaluate(model: nn.Module, loader, codec: LabelCodec, device: torch.device, config: Config) -> dict:
+    """Sequence accuracy and CER over the whole ``loader``."""
+    model.eval()
+    predictions, labels = [], []
+    for images, targets, _ in loader:
+        if images is None:
+            continue
+        images = images.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+        with autocast(device, config.amp):
+            ids, _ = predict_batch(model, images)
+        predictions += [codec.decode(row) for row in ids.cpu()]
+        labels += [codec.decode(row) for row in targets]
+    return sequence_metrics(predictions, labels)
+
+
+def _pretrain_epochs(config: Config) -> int:
+    if config.pretrain_epochs >= 0:
+        return config.pretrain_epochs
+    return 1 if config.pretrained_weights else 0
+
+
+def _set_phase(model: CNNModel, frozen: bool) -> None:
+    """Train mode, except a frozen backbone also keeps its batch-norm statistics (eval mode)."""
+    model.train()
+    for module in model.backbone_modules():
+        set_requires_grad(module, not frozen)
+        module.train(not frozen)
+
+
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set(title="train loss", xlabel="epoch")
+    ax_acc.plot(epochs, [h["val_seq_acc"] for h in history], marker="o", label="sequence accuracy")
+    ax_acc.plot(epochs, [h["val_cer"] for h in history], marker="o", label="CER")
+    ax_acc.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = None) -> Path:
+    """Train per ``config`` on ``loaders`` (from ``load_data``); returns the run folder.
+
+    ``stop_after_epochs`` stops this call early, as an interruption would, leaving a
+    last.pt that ``config.resume`` continues from.
+
+    Each epoch reseeds torch and the shuffling generator from (seed, epoch), so a run
+    resumed from last.pt continues exactly as the uninterrupted run would.
+    """
+    device = get_device(config.device)
+    codec = LabelCodec(config.charset, config.max_len)
+    resume = load_checkpoint(config.resume) if config.resume else None
+    run_dir = Path(config.resume).parent if resume else Path(config.out_dir) / (config.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    model = build_model(config)
+    if config.pretrained_weights and not resume:
+        model.backbone.load_state_dict(torch.load(config.pretrained_weights, map_location="cpu", weights_only=True), strict=False)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    train_loader = loaders["train"]
+    steps = min(len(train_loader), config.max_steps or len(train_loader))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps, pct_start=0.15)
+    start_epoch, best, history = 0, -1.0, []
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        start_epoch, best, history = resume["epoch"] + 1, resume["best_metric"], resume["history"]
+    frozen_epochs = _pretrain_epochs(config)
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(config.seed * 1000 + epoch)
+        train_loader.generator.manual_seed(config.seed * 1000 + epoch)
+        _set_phase(model, frozen=epoch < frozen_epochs)
+        total_loss, seen, bad, start = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(train_loader, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
+        for step, (images, targets, n_bad) in enumerate(bar):
+            bad += n_bad
+            if images is None:
+                continue
+            images, targets = images.to(device, memory_format=memory_format), targets.to(device)
+            with autocast(device, config.amp):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(images)
+            seen += len(images)
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            if step + 1 >= steps:
+                break
+        train_time = time.perf_counter() - start
+        metrics = evaluate(model, loaders["val"], codec, device, config)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": round(total_loss / max(1, seen), 5),
+            "val_seq_acc": round(metrics["seq_acc"], 5),
+            "val_cer": round(metrics["cer"], 5),
+            "img_per_s": round(seen / train_time, 1),
+            "bad_rows": bad,
+            "lr": round(scheduler.get_last_lr()[0], 7),
+        }
+        history.append(row)
+        print(
+            f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  val acc {row['val_seq_acc']:.2%}  "
+            f"CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {bad}"
+            + ("  (backbone frozen)" if epoch < frozen_epochs else "")
+        )
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "config": asdict(config) | {"resume": ""},
+            "charset": config.charset,
+            "epoch": epoch,
+            "history": history,
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if metrics["seq_acc"] > best:
+            best = metrics["seq_acc"]
+            save_checkpoint(run_dir / "best.pt", **state, best_metric=best)
+        save_checkpoint(run_dir / "last.pt", **state, best_metric=best)
+        _write_metrics(run_dir, history)
+        if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs:
+            break
+    return run_dir

@@ -1,0 +1,69 @@
+"""CaptchaVisualizer: pictures of what a trained model predicts, built on predict.py."""
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from predict import Prediction, predict_captcha  # noqa: E402
+from utils import load_model  # noqa: E402
+
+
+class CaptchaVisualizer:
+    """Loads a checkpoint (the newest in saved_models/ by default) and draws its predictions."""
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, device: str = "cpu"):
+        self.model, self.codec, self.config, self.checkpoint = self.load_latest_model(checkpoint, device)
+        self.index_to_char = self.create_index_to_char_mapping()
+
+    @staticmethod
+    def load_latest_model(checkpoint=None, device="cpu"):
+        """(model, codec, config, checkpoint dict) from ``checkpoint`` or the newest one."""
+        return load_model(checkpoint, device)
+
+    def create_index_to_char_mapping(self) -> dict[int, str]:
+        """Class index -> character; index 0 (end/pad) maps to ""."""
+        return {0: ""} | {i + 1: ch for i, ch in enumerate(self.codec.charset)}
+
+    def decode_labels(self, targets: torch.Tensor) -> list[str]:
+        """targets (B, max_len) class ids -> label strings."""
+        return [self.codec.decode(row) for row in targets]
+
+    def decode_predictions(self, images: torch.Tensor) -> list[Prediction]:
+        """images (B, C, H, W) -> predictions with confidences."""
+        return predict_captcha(self.model, self.codec, images)
+
+    @staticmethod
+    def get_confidence_per_char(prediction: Prediction) -> list[tuple[str, float]]:
+        return list(zip(prediction.text, prediction.char_confidences))
+
+    @staticmethod
+    def visualize_image(ax, image: torch.Tensor, title: str, colour: str = "black") -> None:
+        """Draw a model-input tensor (C, H, W) in [-1, 1] on ``ax`` with a title."""
+        pixels = ((image + 1) / 2).clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+        ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None)
+        ax.set_title(title, fontsize=9, color=colour, family="monospace")
+        ax.axis("off")
+
+    def visualize_predictions(self, dataset, output: str | os.PathLike, n: int = 24, cols: int = 4) -> Path:
+        """Save a grid of the first ``n`` decodable items of ``dataset``: prediction, confidence,
+        and the true label, green when right and red when wrong."""
+        items = [it for it in (dataset[i] for i in range(min(len(dataset), n * 2))) if it is not None][:n]
+        images = torch.stack([img for img, _ in items])
+        truths = self.decode_labels(torch.stack([t for _, t in items]))
+        rows = (len(items) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 3, rows * 1.3), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, img, pred, truth in zip(axes.ravel(), images, self.decode_predictions(images), truths):
+            ok = pred.text == truth
+            self.visualize_image(ax, img, f"{pred.text} ({pred.confidence:.2f})" + ("" if ok else f" / {truth}"), "green" if ok else "red")
+        fig.tight_layout()
+        output = Path(output)
+        fig.savefig(output, dpi=100)
+        plt.close(fig)
+        return output
