@@ -1,6 +1,6 @@
 """Generator throughput: captchas/s writing parquet at default settings on all cores.
 
-    python bench/bench_generator.py --count 20000
+python bench/bench_generator.py --count 20000
 """
 
 import argparse
@@ -25,7 +25,11 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         size = out.stat().st_size
     print(f"machine: {machine()}")
-    print(f"generator: {a.count} captchas with {a.workers} workers in {elapsed:.1f} s = {a.count / elapsed:.0f} captchas/s ({size / a.count / 1024:.1f} KiB each)")
+    rate = a.count / elapsed
+    print(
+        f"generator: {a.count} captchas with {a.workers} workers in {elapsed:.0f} s = {rate:.0f} captchas/s "
+        f"({size / a.count / 1024:.1f} KiB per image)"
+    )
 
 
 if __name__ == "__main__":
