@@ -73,6 +73,20 @@ class SquarePadAndResize:
         return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
 
 
+def preprocess_image(image: Image.Image | bytes | str | os.PathLike, config: Config) -> torch.Tensor:
+    """A PIL image, encoded bytes or an image file path -> tensor (C, H, W) as the model sees it.
+
+    The one preprocessing path: training, evaluation, test.py and the web demo all call it.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = Path(image).read_bytes()
+    if isinstance(image, bytes):
+        image = decode_image(image, config.channels)
+    else:
+        image = image.convert("RGB").convert("L" if config.channels == 1 else "RGB")
+    return SquarePadAndResize(config.img_height, config.img_width)(image)
+
+
 def _arrow_cache(parquet: Path, cache_dir: Path) -> Path:
     """Convert ``parquet`` to a memory-mappable Arrow IPC file (once; reused while unchanged)."""
     stat = parquet.stat()
@@ -111,9 +125,7 @@ class CaptchaDataset(Dataset):
     """
 
     def __init__(self, tables: list[pa.Table], rows: np.ndarray, labels: list[str], config: Config, codec: LabelCodec):
-        self.tables, self.rows, self.labels, self.codec = tables, rows, labels, codec
-        self.channels = config.channels
-        self.transform = SquarePadAndResize(config.img_height, config.img_width)
+        self.tables, self.rows, self.labels, self.codec, self.config = tables, rows, labels, codec, config
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -124,10 +136,10 @@ class CaptchaDataset(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            img = decode_image(self.image_bytes(index), self.channels)
+            image = preprocess_image(self.image_bytes(index), self.config)
         except Exception:
             return None
-        return self.transform(img), self.codec.encode(self.labels[index])
+        return image, self.codec.encode(self.labels[index])
 
 
 def collate_skipping_bad(items):
@@ -167,6 +179,19 @@ def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
     return tables, out, skipped
 
 
+def _loader(dataset: CaptchaDataset, config: Config, shuffle: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(dataset) > config.batch_size,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        collate_fn=collate_skipping_bad,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
 def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) -> dict:
     """Build {"train", "val", "test"} DataLoaders plus "skipped" (label problems by reason).
 
@@ -178,18 +203,17 @@ def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) 
     for name, (rows, labels) in splits.items():
         if config.limit:
             rows, labels = rows[: config.limit], labels[: config.limit]
-        dataset = CaptchaDataset(tables, rows, labels, config, codec)
-        generator = torch.Generator().manual_seed(config.seed)
-        loaders[name] = DataLoader(
-            dataset,
-            batch_size=config.batch_size,
-            shuffle=name == "train",
-            drop_last=name == "train" and len(dataset) > config.batch_size,
-            num_workers=config.workers,
-            persistent_workers=config.workers > 0,
-            collate_fn=collate_skipping_bad,
-            generator=generator,
-        )
+        loaders[name] = _loader(CaptchaDataset(tables, rows, labels, config, codec), config, shuffle=name == "train")
     if len(loaders["train"].dataset) == 0:
         raise ValueError(f"no trainable rows in {config.data} (skipped: {skipped})")
     return loaders
+
+
+def evaluation_loader(config: Config, codec: LabelCodec, splits: tuple[str, ...]) -> tuple[DataLoader, dict]:
+    """One unshuffled loader over the rows of ``splits`` of ``config.data``; plus skipped counts."""
+    tables, by_split, skipped = read_rows(config, codec)
+    rows = np.concatenate([by_split[s][0] for s in splits])
+    labels = [label for s in splits for label in by_split[s][1]]
+    if config.limit:
+        rows, labels = rows[: config.limit], labels[: config.limit]
+    return _loader(CaptchaDataset(tables, rows, labels, config, codec), config, shuffle=False), skipped

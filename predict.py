@@ -1,15 +1,13 @@
-"""The one prediction path: preprocess_image and predict_captcha, used by every script."""
+"""The one prediction path: predict_captcha on tensors from data_loader.preprocess_image."""
 
-import os
+import time
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
+from tqdm import tqdm
 
-from config import Config
-from data_loader import SquarePadAndResize, decode_image
+from device import autocast
 from labels import LabelCodec
-from utils import autocast, predict_batch
 
 
 @dataclass
@@ -19,16 +17,12 @@ class Prediction:
     char_confidences: list[float]  # one per predicted character
 
 
-def preprocess_image(image: Image.Image | bytes | str | os.PathLike, config: Config) -> torch.Tensor:
-    """A PIL image, encoded bytes or a file path -> tensor (C, H, W) as the model sees it."""
-    if isinstance(image, (str, os.PathLike)):
-        with open(image, "rb") as f:
-            image = f.read()
-    if isinstance(image, bytes):
-        image = decode_image(image, config.channels)
-    else:
-        image = image.convert("RGB").convert("L" if config.channels == 1 else "RGB")
-    return SquarePadAndResize(config.img_height, config.img_width)(image)
+@torch.no_grad()
+def predict_batch(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (B, C, H, W) -> (class ids (B, max_len), probabilities of those ids (B, max_len))."""
+    probs = model(images).float().softmax(dim=-1)
+    conf, ids = probs.max(dim=-1)
+    return ids, conf
 
 
 def predict_captcha(model: torch.nn.Module, codec: LabelCodec, images: torch.Tensor, amp: bool = False) -> list[Prediction]:
@@ -44,3 +38,22 @@ def predict_captcha(model: torch.nn.Module, codec: LabelCodec, images: torch.Ten
         text = codec.decode(row_ids)
         out.append(Prediction(text, float(row_conf.prod()), [round(float(c), 4) for c in row_conf[: len(text)]]))
     return out
+
+
+def run_inference(model: torch.nn.Module, codec: LabelCodec, loader, amp: bool = False, progress: bool = False):
+    """Predict every batch of ``loader`` (items from CaptchaDataset).
+
+    Returns (predicted texts, true labels, whole-sequence confidences, seconds spent in the model).
+    """
+    model.eval()
+    predictions, labels, confidences, seconds = [], [], [], 0.0
+    for images, targets, _ in tqdm(loader, desc="predicting", unit="batch", disable=not progress, leave=False):
+        if images is None:
+            continue
+        start = time.perf_counter()
+        batch = predict_captcha(model, codec, images, amp)
+        seconds += time.perf_counter() - start
+        predictions += [p.text for p in batch]
+        confidences += [p.confidence for p in batch]
+        labels += [codec.decode(row) for row in targets]
+    return predictions, labels, confidences, seconds

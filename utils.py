@@ -1,6 +1,5 @@
 """Device, seeding, checkpoints, model loading and the training loop."""
 
-import contextlib
 import csv
 import os
 import random
@@ -9,7 +8,6 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,28 +15,13 @@ from torch import nn
 from tqdm import tqdm
 
 from config import Config
+from device import autocast, get_device
 from labels import LabelCodec
+from metrics import sequence_metrics
 from model import CNNModel
+from predict import run_inference
 
 CHECKPOINT_VERSION = 1
-
-
-def get_device(name: str = "auto") -> torch.device:
-    """ "auto" picks cuda, then mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast on ``device`` when enabled, else a null context."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:
@@ -110,35 +93,6 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     model.to(device).eval()
     ckpt["path"] = str(path)
     return model, LabelCodec(config.charset, config.max_len), config, ckpt
-
-
-@torch.no_grad()
-def predict_batch(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (B, C, H, W) -> (class ids (B, max_len), probabilities of those ids (B, max_len))."""
-    probs = model(images).float().softmax(dim=-1)
-    conf, ids = probs.max(dim=-1)
-    return ids, conf
-
-
-def sequence_metrics(predictions: list[str], labels: list[str]) -> dict:
-    """Whole-sequence accuracy and CER (jiwer), case-sensitive."""
-    correct = sum(p == t for p, t in zip(predictions, labels))
-    return {"seq_acc": correct / max(1, len(labels)), "cer": jiwer.cer(labels, predictions) if labels else 0.0}
-
-
-def evaluate(model: nn.Module, loader, codec: LabelCodec, device: torch.device, config: Config) -> dict:
-    """Sequence accuracy and CER over the whole ``loader``."""
-    model.eval()
-    predictions, labels = [], []
-    for images, targets, _ in loader:
-        if images is None:
-            continue
-        images = images.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
-        with autocast(device, config.amp):
-            ids, _ = predict_batch(model, images)
-        predictions += [codec.decode(row) for row in ids.cpu()]
-        labels += [codec.decode(row) for row in targets]
-    return sequence_metrics(predictions, labels)
 
 
 def _pretrain_epochs(config: Config) -> int:
@@ -235,7 +189,8 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
             if step + 1 >= steps:
                 break
         train_time = time.perf_counter() - start
-        metrics = evaluate(model, loaders["val"], codec, device, config)
+        predictions, labels, _, _ = run_inference(model, codec, loaders["val"], config.amp)
+        metrics = sequence_metrics(predictions, labels)
         row = {
             "epoch": epoch + 1,
             "train_loss": round(total_loss / max(1, seen), 5),
