@@ -41,6 +41,7 @@ class Config:
     lr: float = _opt(3e-3, "peak learning rate (AdamW, one-cycle schedule)")
     weight_decay: float = _opt(0.05, "AdamW weight decay")
     label_smoothing: float = _opt(0.05, "cross-entropy label smoothing")
+    ctc_weight: float = _opt(0.5, "weight of the auxiliary CTC loss on the feature columns (0: off)")
     grad_clip: float = _opt(2.0, "gradient norm clip (0: off)")
     channels_last: bool = _opt(True, "channels_last memory format (2x faster on CPU here)")
     amp: bool = _opt(False, "bfloat16 autocast (CPU / CUDA)")

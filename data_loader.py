@@ -214,6 +214,8 @@ def evaluation_loader(config: Config, codec: LabelCodec, splits: tuple[str, ...]
     tables, by_split, skipped = read_rows(config, codec)
     rows = np.concatenate([by_split[s][0] for s in splits])
     labels = [label for s in splits for label in by_split[s][1]]
+    order = np.lexsort((rows[:, 1], rows[:, 0]))  # file order, whatever the splits
+    rows, labels = rows[order], [labels[i] for i in order]
     if config.limit:
         rows, labels = rows[: config.limit], labels[: config.limit]
     return _loader(CaptchaDataset(tables, rows, labels, config, codec), config, shuffle=False), skipped

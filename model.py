@@ -3,9 +3,10 @@
 The backbone is efficientnet-pytorch's EfficientNet built from its own block list, with
 the vertical-only strides (``(2, 1)``) of the later stages configurable: a 64x192
 captcha then keeps 24 columns of features instead of EfficientNet's usual 6, more
-columns than characters. Each character position has its own learnt query that
-attends over those columns; a classifier shared by the positions turns each attended
-vector into logits over the charset plus the end/pad class.
+columns than characters. A bidirectional GRU gives each column the context of its row
+(so "the third character" can be found), each character position has its own learnt
+query that attends over the columns, and a classifier shared by the positions turns
+each attended vector into logits over the charset plus the end/pad class.
 """
 
 import torch
@@ -62,6 +63,8 @@ class CNNModel(nn.Module):
             _, feat_channels, _, columns = self.backbone.extract_features(torch.zeros(1, channels, img_height, img_width)).shape
         self.proj = nn.Linear(feat_channels, head_dim)
         self.column_pos = nn.Parameter(torch.randn(1, columns, head_dim) * 0.02)
+        self.context = nn.GRU(head_dim, head_dim // 2, batch_first=True, bidirectional=True)
+        self.ctc_classifier = nn.Linear(head_dim, num_classes)
         self.queries = nn.Parameter(torch.randn(1, max_len, head_dim) * 0.02)
         self.attend = nn.MultiheadAttention(head_dim, num_heads=4, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(head_dim)
@@ -71,10 +74,17 @@ class CNNModel(nn.Module):
         """The modules the pretraining phase freezes."""
         return [self.backbone]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, C, H, W) float, normalised -> logits (B, max_len, num_classes)."""
+    def forward(self, images: torch.Tensor, with_ctc: bool = False):
+        """images (B, C, H, W) float, normalised -> logits (B, max_len, num_classes).
+
+        With ``with_ctc`` also returns per-column logits (B, w, num_classes) for the
+        auxiliary CTC loss (class 0 doubling as the blank), which teaches the columns
+        where characters are far sooner than the position heads alone.
+        """
         feats = self.backbone.extract_features(images)  # (B, F, h, w)
         columns = self.proj(feats.mean(dim=2).transpose(1, 2)) + self.column_pos  # (B, w, D)
+        columns, _ = self.context(columns)  # (B, w, D): each column knows what lies left and right
         queries = self.queries.expand(images.shape[0], -1, -1)  # (B, max_len, D)
         attended, _ = self.attend(queries, columns, columns, need_weights=False)
-        return self.classifier(self.norm(attended + queries))  # (B, max_len, num_classes)
+        logits = self.classifier(self.norm(attended + queries))  # (B, max_len, num_classes)
+        return (logits, self.ctc_classifier(columns)) if with_ctc else logits

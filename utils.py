@@ -95,6 +95,19 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     return model, LabelCodec(config.charset, config.max_len), config, ckpt
 
 
+def recognition_loss(logits: torch.Tensor, ctc_logits: torch.Tensor, targets: torch.Tensor, config: Config) -> torch.Tensor:
+    """Per-position cross-entropy on logits (B, max_len, K) against targets (B, max_len),
+    plus ``config.ctc_weight`` times CTC on the column logits (B, w, K)."""
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), label_smoothing=config.label_smoothing)
+    if config.ctc_weight:
+        log_probs = ctc_logits.log_softmax(-1).transpose(0, 1)  # (w, B, K)
+        lengths = (targets != LabelCodec.PAD).sum(dim=1)
+        input_lengths = torch.full_like(lengths, log_probs.shape[0])
+        ctc = F.ctc_loss(log_probs, targets[targets != LabelCodec.PAD], input_lengths, lengths, blank=LabelCodec.PAD, zero_infinity=True)
+        loss = loss + config.ctc_weight * ctc
+    return loss
+
+
 def _pretrain_epochs(config: Config) -> int:
     if config.pretrain_epochs >= 0:
         return config.pretrain_epochs
@@ -175,8 +188,8 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                 continue
             images, targets = images.to(device, memory_format=memory_format), targets.to(device)
             with autocast(device, config.amp):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), label_smoothing=config.label_smoothing)
+                logits, ctc_logits = model(images, with_ctc=True)
+            loss = recognition_loss(logits.float(), ctc_logits.float(), targets, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:

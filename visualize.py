@@ -3,14 +3,11 @@
 import os
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from predict import Prediction, predict_captcha  # noqa: E402
-from utils import load_model  # noqa: E402
+from predict import Prediction, predict_captcha
+from utils import load_model
 
 
 class CaptchaVisualizer:
@@ -49,21 +46,37 @@ class CaptchaVisualizer:
         ax.set_title(title, fontsize=9, color=colour, family="monospace")
         ax.axis("off")
 
-    def visualize_predictions(self, dataset, output: str | os.PathLike, n: int = 24, cols: int = 4) -> Path:
-        """Save a grid of the first ``n`` decodable items of ``dataset``: prediction, confidence,
-        and the true label, green when right and red when wrong."""
+    def visualize_predictions(self, dataset, output: str | os.PathLike, n: int = 24) -> Path:
+        """Save a grid of the first ``n`` decodable items of a CaptchaDataset with predictions."""
         items = [it for it in (dataset[i] for i in range(min(len(dataset), n * 2))) if it is not None][:n]
         images = torch.stack([img for img, _ in items])
         truths = self.decode_labels(torch.stack([t for _, t in items]))
-        rows = (len(items) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 3, rows * 1.3), squeeze=False)
-        for ax in axes.ravel():
-            ax.axis("off")
-        for ax, img, pred, truth in zip(axes.ravel(), images, self.decode_predictions(images), truths):
-            ok = pred.text == truth
-            self.visualize_image(ax, img, f"{pred.text} ({pred.confidence:.2f})" + ("" if ok else f" / {truth}"), "green" if ok else "red")
-        fig.tight_layout()
-        output = Path(output)
-        fig.savefig(output, dpi=100)
-        plt.close(fig)
-        return output
+        return show_all_images_with_predictions(images, self.decode_predictions(images), truths, output)
+
+
+def show_all_images_with_predictions(
+    images: torch.Tensor,
+    predictions: list[Prediction],
+    truths: list[str | None],
+    output: str | os.PathLike,
+    cols: int = 4,
+    show: bool = False,
+) -> Path:
+    """Grid PNG of model inputs (N, C, H, W) titled with prediction and confidence; green when
+    it matches the truth, red (with the truth) when not, black when the truth is unknown."""
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3, rows * 1.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, pred, truth in zip(axes.ravel(), images, predictions, truths):
+        title = f"{pred.text or '(empty)'} ({pred.confidence:.2f})"
+        colour = "black" if truth is None else ("green" if pred.text == truth else "red")
+        CaptchaVisualizer.visualize_image(ax, img, title + (f" / {truth}" if colour == "red" else ""), colour)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    if show:
+        plt.show()
+    plt.close(fig)
+    return output

@@ -1,0 +1,104 @@
+"""Measure a trained recognizer: sequence accuracy and CER (case-sensitive and not),
+accuracy by label length, character confusions, coverage at confidence thresholds, speed.
+
+    python accuracy_calculator.py                          # newest checkpoint, its test split
+    python accuracy_calculator.py --data other.parquet --json report.json
+"""
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
+
+from data_loader import evaluation_loader  # noqa: E402
+from device import get_device  # noqa: E402
+from labels import SPLITS  # noqa: E402
+from metrics import full_report  # noqa: E402
+from predict import run_inference  # noqa: E402
+from utils import load_model  # noqa: E402
+
+
+def save_confusion_png(predictions: list[str], labels: list[str], report: dict, output: Path, top: int = 12) -> Path | None:
+    """Confusion matrix (scikit-learn) of the characters in the most frequent confusions."""
+    chars = sorted({c for row in report["top_confusions"][:top] for c in (row["true"], row["predicted"])})
+    pairs = [(t, p) for pred, lab in zip(predictions, labels) if len(pred) == len(lab) for t, p in zip(lab, pred) if t in chars]
+    if not chars or not pairs:
+        return None
+    truth, guess = zip(*pairs)
+    matrix = confusion_matrix(truth, [g if g in chars else truth[i] for i, g in enumerate(guess)], labels=chars)
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(chars), 1 + 0.5 * len(chars)))
+    ConfusionMatrixDisplay(matrix, display_labels=chars).plot(ax=ax, colorbar=False, values_format="d")
+    ax.set_title("most confused characters (rows: true)")
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
+
+
+def print_report(report: dict) -> None:
+    cs, ci = report["case_sensitive"], report["case_insensitive"]
+    print(f"\ncheckpoint   {report['checkpoint']}\ndata         {', '.join(report['data'])} ({report['splits']})")
+    print(f"images       {cs['n']} evaluated, {report['bad_images']} undecodable, skipped labels {report['skipped_labels']}")
+    print(f"\n{'':22}{'case-sensitive':>16}{'case-insensitive':>18}")
+    print(f"{'sequence accuracy':22}{cs['seq_acc']:>16.2%}{ci['seq_acc']:>18.2%}")
+    print(f"{'character error rate':22}{cs['cer']:>16.2%}{ci['cer']:>18.2%}")
+    print("\nby length    " + "  ".join(f"{n}: {v['seq_acc']:.1%} (n={v['n']})" for n, v in report["by_length"].items()))
+    print("confusions   " + ", ".join(f"{c['true']}->{c['predicted']} x{c['count']}" for c in report["top_confusions"][:10]))
+    print("\nconfidence >=  coverage  accuracy")
+    for row in report["coverage"]:
+        acc = "-" if row["seq_acc"] is None else f"{row['seq_acc']:.2%}"
+        print(f"{row['threshold']:>13.2f}  {row['coverage']:>8.1%}  {acc:>8}")
+    print(f"\nspeed        {report['images_per_s']:.0f} images/s in the model (batch {report['batch_size']}, {report['device']})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
+    p.add_argument("--data", nargs="+", default=None, help="parquet files/folders (default: the checkpoint's training data)")
+    p.add_argument("--split", default=None, choices=[*SPLITS, "all"], help="rows to evaluate (default: test; all with --data)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many images (0: all)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--json", default=None, help="write every figure to this JSON file")
+    p.add_argument("--confusion-png", default=None, help="confusion matrix picture (default: beside the checkpoint)")
+    a = p.parse_args()
+    device = get_device(a.device)
+    try:
+        model, codec, config, ckpt = load_model(a.checkpoint, device)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
+    split = a.split or ("all" if a.data else "test")
+    splits = SPLITS if split == "all" else (split,)
+    config = dataclasses.replace(config, data=a.data or config.data, batch_size=a.batch_size, workers=a.workers, limit=a.limit)
+    loader, skipped = evaluation_loader(config, codec, splits)
+    predictions, labels, confidences, seconds = run_inference(model, codec, loader, progress=True)
+    report = full_report(predictions, labels, confidences) | {
+        "checkpoint": ckpt["path"],
+        "data": config.data,
+        "splits": split,
+        "bad_images": len(loader.dataset) - len(labels),
+        "skipped_labels": skipped,
+        "images_per_s": len(labels) / max(seconds, 1e-9),
+        "batch_size": a.batch_size,
+        "device": str(device),
+    }
+    png = save_confusion_png(predictions, labels, report, Path(a.confusion_png or Path(ckpt["path"]).parent / "confusion.png"))
+    report["confusion_png"] = str(png) if png else None
+    print_report(report)
+    if png:
+        print(f"confusion matrix: {png}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=1))
+        print(f"json: {a.json}")
+
+
+if __name__ == "__main__":
+    main()

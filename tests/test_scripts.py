@@ -1,0 +1,98 @@
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from data_loader import evaluation_loader, preprocess_image
+from labels import parse_label
+from predict import predict_captcha
+from utils import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_dataset_and_preprocess_image_give_the_same_tensor(tiny_checkpoint, tiny_parquet):
+    _, codec, config, _ = load_model(tiny_checkpoint)
+    config = dataclasses.replace(config, workers=0)
+    loader, _ = evaluation_loader(config, codec, ("train", "val", "test"))
+    image_bytes = pq.read_table(tiny_parquet)["image"][0].as_py()["bytes"]
+    assert torch.equal(loader.dataset[0][0], preprocess_image(image_bytes, config))
+
+
+def test_accuracy_calculator_json_and_confusion_png(tiny_checkpoint, tiny_parquet, tmp_path):
+    out = run(
+        "accuracy_calculator.py", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_parquet), "--workers", "0",
+        "--json", "r.json", "--confusion-png", "c.png", cwd=tmp_path,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["case_sensitive"]["n"] == 120
+    assert report["case_insensitive"]["seq_acc"] >= report["case_sensitive"]["seq_acc"]
+    assert report["coverage"][0] == {"threshold": 0.0, "coverage": 1.0, "seq_acc": report["case_sensitive"]["seq_acc"]}
+    assert set(report["by_length"]) <= {"2", "3"} and report["images_per_s"] > 0
+    assert "case-sensitive" in out.stdout and "character error rate" in out.stdout
+    assert (report["confusion_png"] is None) or (tmp_path / "c.png").exists()
+
+
+def test_test_py_matches_the_accuracy_script_and_predict_captcha(tiny_checkpoint, tiny_parquet, tmp_path):
+    out = run(
+        "test.py", "--checkpoint", str(tiny_checkpoint), "--parquet", str(tiny_parquet), "--rows", "120", "--csv", "p.csv", cwd=tmp_path
+    )
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 120 and (tmp_path / "predictions_grid.png").exists()
+    Image.open(tmp_path / "predictions_grid.png").verify()
+    model, codec, config, _ = load_model(tiny_checkpoint)
+    table = pq.read_table(tiny_parquet).to_pylist()
+    direct = predict_captcha(model, codec, torch.stack([preprocess_image(r["image"]["bytes"], config) for r in table]))
+    assert [r["prediction"] for r in rows] == [p.text for p in direct]
+    assert all(abs(float(r["confidence"]) - p.confidence) < 1e-4 for r, p in zip(rows, direct))
+    correct = sum(p.text == parse_label(r["text"]) for p, r in zip(direct, table))
+    assert f"correct: {correct}/120" in out.stdout
+    run(
+        "accuracy_calculator.py",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(tiny_parquet),
+        "--workers",
+        "0",
+        "--json",
+        "r.json",
+        cwd=tmp_path,
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert round(report["case_sensitive"]["seq_acc"] * 120) == correct
+
+
+def test_test_py_reports_bad_files_and_goes_on(tiny_checkpoint, tiny_parquet, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (150, 50), "white").save(folder / "blank.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    out = run("test.py", str(folder), "--checkpoint", str(tiny_checkpoint), "--csv", "p.csv", "--grid", "", cwd=tmp_path)
+    assert "broken.png: skipped" in out.stdout and "empty.jpg: skipped" in out.stdout
+    assert "predicted 1 images, skipped 2 unreadable" in out.stdout
+    assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 1
+
+
+def test_scripts_without_a_checkpoint_say_how_to_train(tmp_path):
+    for script in ("test.py", "accuracy_calculator.py"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / script), "--parquet", "x.parquet"], cwd=tmp_path, capture_output=True, text=True
+        )
+        if script == "accuracy_calculator.py":
+            result = subprocess.run([sys.executable, str(ROOT / script)], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode != 0
+        assert "train one with `python main.py`" in result.stderr and "Traceback" not in result.stderr
