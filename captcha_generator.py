@@ -51,8 +51,8 @@ class CaptchaStyle:
     fonts: tuple[str, ...] = field(default_factory=lambda: tuple(default_fonts()))
     spots: int = 20
     lines: int = 2
-    rotation: float = 30.0
-    warp: float = 2.5
+    rotation: float = 25.0
+    warp: float = 1.5
 
 
 @lru_cache(maxsize=512)

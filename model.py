@@ -1,9 +1,9 @@
 """CNNModel: an EfficientNet backbone read as a row of columns, and one head per character.
 
-The backbone is efficientnet-pytorch's EfficientNet built from its own block list, with
-the vertical-only strides (``(2, 1)``) of the later stages configurable: a 64x192
-captcha then keeps 24 columns of features instead of EfficientNet's usual 6, more
-columns than characters. A bidirectional GRU gives each column the context of its row
+The backbone is efficientnet-pytorch's EfficientNet built from its own block list,
+optionally cut after its first stages, with the later downsamplings vertical-only
+(stride ``(2, 1)``): a 48x160 captcha keeps 20 columns of features instead of
+EfficientNet's usual 5, more columns than characters. A bidirectional GRU gives each column the context of its row
 (so "the third character" can be found), each character position has its own learnt
 query that attends over the columns, and a classifier shared by the positions turns
 each attended vector into logits over the charset plus the end/pad class.
@@ -15,14 +15,20 @@ from efficientnet_pytorch.utils import get_model_params
 from torch import nn
 
 
-def build_backbone(variant: str, width_strides: int, width_mult: float | None, depth_mult: float | None) -> EfficientNet:
+def build_backbone(
+    variant: str, width_strides: int, width_mult: float | None, depth_mult: float | None, drop_connect: float = 0.0, stages: int = 7
+) -> EfficientNet:
     """EfficientNet ``variant`` whose horizontal downsampling is ``2 ** width_strides``.
 
-    EfficientNet downsamples 5 times (stem + 4 stages); the last ``5 - width_strides``
-    of those become vertical-only. ``width_mult`` / ``depth_mult`` override the
-    variant's channel and depth coefficients when given.
+    Only the first ``stages`` of EfficientNet's 7 stages are built. EfficientNet
+    downsamples 5 times (stem + 4 stages); the last ``5 - width_strides`` of those
+    become vertical-only. ``width_mult`` / ``depth_mult`` override the
+    variant's channel and depth coefficients when given; ``drop_connect`` is the
+    stochastic-depth rate of the last block.
     """
-    overrides = {"num_classes": 1, "include_top": False, "image_size": None}
+    # batch_norm_momentum 0.9 is PyTorch's usual 0.1 update; the TF-ported 0.99 lets the
+    # running statistics lag ~100 steps behind fast-changing weights early in training.
+    overrides = {"num_classes": 1, "include_top": False, "image_size": None, "drop_connect_rate": drop_connect, "batch_norm_momentum": 0.9}
     if width_mult is not None:
         overrides["width_coefficient"] = width_mult
     if depth_mult is not None:
@@ -30,7 +36,7 @@ def build_backbone(variant: str, width_strides: int, width_mult: float | None, d
     blocks_args, global_params = get_model_params(variant, overrides)
     strided = [i for i, b in enumerate(blocks_args) if b.stride != [1]]
     vertical_only = set(strided[max(0, width_strides - 1) :])
-    blocks_args = [b._replace(stride=[2, 1]) if i in vertical_only else b for i, b in enumerate(blocks_args)]
+    blocks_args = [b._replace(stride=[2, 1]) if i in vertical_only else b for i, b in enumerate(blocks_args)][:stages]
     return EfficientNet(blocks_args, global_params)
 
 
@@ -53,9 +59,11 @@ class CNNModel(nn.Module):
         depth_mult: float | None = None,
         head_dim: int = 256,
         dropout: float = 0.1,
+        drop_connect: float = 0.0,
+        stages: int = 7,
     ):
         super().__init__()
-        self.backbone = build_backbone(variant, width_strides, width_mult, depth_mult)
+        self.backbone = build_backbone(variant, width_strides, width_mult, depth_mult, drop_connect, stages)
         if channels != 3:
             stem = self.backbone._conv_stem
             self.backbone._conv_stem = type(stem)(channels, stem.out_channels, kernel_size=3, stride=2, bias=False)

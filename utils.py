@@ -49,6 +49,8 @@ def build_model(config: Config) -> CNNModel:
         depth_mult=config.depth_mult or None,
         head_dim=config.head_dim,
         dropout=config.dropout,
+        drop_connect=config.drop_connect,
+        stages=config.stages,
     )
 
 
@@ -180,7 +182,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
         torch.manual_seed(config.seed * 1000 + epoch)
         train_loader.generator.manual_seed(config.seed * 1000 + epoch)
         _set_phase(model, frozen=epoch < frozen_epochs)
-        total_loss, seen, bad, start = 0.0, 0, 0, time.perf_counter()
+        total_loss, seen, correct, bad, start = 0.0, 0, 0, 0, time.perf_counter()
         bar = tqdm(train_loader, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
         for step, (images, targets, n_bad) in enumerate(bar):
             bad += n_bad
@@ -198,6 +200,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
             scheduler.step()
             total_loss += loss.item() * len(images)
             seen += len(images)
+            correct += (logits.argmax(-1) == targets).all(dim=1).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
             if step + 1 >= steps:
                 break
@@ -207,6 +210,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
         row = {
             "epoch": epoch + 1,
             "train_loss": round(total_loss / max(1, seen), 5),
+            "train_seq_acc": round(correct / max(1, seen), 5),
             "val_seq_acc": round(metrics["seq_acc"], 5),
             "val_cer": round(metrics["cer"], 5),
             "img_per_s": round(seen / train_time, 1),
@@ -215,8 +219,8 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
         }
         history.append(row)
         print(
-            f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  val acc {row['val_seq_acc']:.2%}  "
-            f"CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {bad}"
+            f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
+            f"val acc {row['val_seq_acc']:.2%}  CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {bad}"
             + ("  (backbone frozen)" if epoch < frozen_epochs else "")
         )
         state = {
