@@ -42,15 +42,24 @@ def make_examples(folder: Path, n: int = 4, seed: int = 12345) -> list[str]:
     return paths
 
 
+class RawImage(gr.Image):
+    """gr.Image that hands the uploaded file's path over undecoded, so that every bad
+    upload reaches ``detect_captcha``'s own checks (Pillow's bomb guard included)."""
+
+    def preprocess(self, payload):
+        return None if payload is None else payload.path
+
+    def get_block_name(self) -> str:
+        return "image"  # the same widget in the page
+
+
 class Recognizer:
     """Holds the model; ``detect_captcha`` is the function the page and the API call."""
 
     def __init__(self, checkpoint: str | None):
         self.model, self.codec, self.config, self.ckpt = load_model(checkpoint)
 
-    def _read(self, path: str | None) -> torch.Tensor:
-        if not path:
-            raise gr.Error("No image: upload a captcha image first.")
+    def _read(self, path: str) -> torch.Tensor:
         try:
             return preprocess_image(Path(path).read_bytes(), self.config)
         except Image.DecompressionBombError:
@@ -59,7 +68,11 @@ class Recognizer:
             raise gr.Error(f"Not a readable image ({type(err).__name__}). Upload a PNG, JPEG, GIF, BMP or WebP captcha.") from None
 
     def detect_captcha(self, path: str | None):
-        """One image path -> (text, confidence, [(char, confidence)], model-view image)."""
+        """One image path -> (text, confidence, [(char, confidence)], model-view image).
+
+        No image (the input was cleared) gives empty outputs."""
+        if not path:
+            return "", None, [], None
         tensor = self._read(path)
         pred = predict_captcha(self.model, self.codec, tensor)[0]
         view = ((tensor + 1) * 127.5).clamp(0, 255).byte().permute(1, 2, 0).squeeze(-1).numpy()
@@ -87,7 +100,7 @@ def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
         gr.Markdown(model_card(recognizer.ckpt))
         with gr.Tab("One captcha"):
             with gr.Row():
-                image = gr.Image(type="filepath", label="Captcha", sources=["upload", "clipboard"])
+                image = RawImage(type="filepath", label="Captcha", sources=["upload", "clipboard"])
                 with gr.Column():
                     text = gr.Textbox(label="Prediction", elem_id="prediction")
                     confidence = gr.Number(label="Whole-sequence confidence", elem_id="confidence")

@@ -1,7 +1,6 @@
 """interface.py end to end: the API through gradio_client, bad inputs, and a real browser."""
 
 import io
-import shutil
 import socket
 import subprocess
 import sys
@@ -170,8 +169,7 @@ def test_browser_upload_shows_prediction_and_errors(server, tiny_checkpoint, cap
         expect(prediction).to_have_value(want.text or "", timeout=30000)
         page.wait_for_timeout(500)
         page.screenshot(path=str(tmp_path / "interface_view.png"), full_page=True)
-        shutil.copy(tmp_path / "interface_view.png", ROOT / "tests" / "last_interface_view.png")
-        page.locator("button[aria-label='Clear']").first.click()
+        page.goto(server)
         page.locator("input[type=file]").first.set_input_files(str(write(tmp_path, "notes.png", raw=b"plain text, not an image")))
         expect(page.get_by_text("Not a readable image").first).to_be_visible(timeout=30000)
         browser.close()

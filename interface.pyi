@@ -1,0 +1,141 @@
+"""Gradio web demo: drop in a captcha, read the model's answer and its confidences.
+
+python interface.py                        # newest checkpoint, http://127.0.0.1:7860
+python interface.py --checkpoint saved_models/<run>/best.pt --port 8000
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from captcha_generator import CaptchaStyle, generate_captcha, generate_random_string
+from data_loader import preprocess_image
+from predict import predict_captcha
+from utils import load_model
+
+MAX_UPLOAD = "2mb"
+
+
+def model_card(ckpt: dict) -> str:
+    history = ckpt.get("history") or [{}]
+    acc = history[-1].get("val_seq_acc")
+    acc_text = "n/a" if acc is None else f"{ckpt.get('best_metric', acc):.2%}"
+    return f"**Model** `{ckpt['path']}` · trained {ckpt.get('saved_at', 'unknown')} · best validation sequence accuracy {acc_text}"
+
+
+def make_examples(folder: Path, n: int = 4, seed: int = 12345) -> list[str]:
+    """A few generated captchas saved as PNG files for the examples gallery."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        style = CaptchaStyle()
+        label = generate_random_string(rng, style.charset, 4, 6)
+        path = folder / f"example_{label}.png"
+        generate_captcha(label, rng, style).save(path)
+        paths.append(str(path))
+    return paths
+
+from gradio.events import Dependency
+
+class RawImage(gr.Image):
+    """gr.Image that hands the uploaded file's path over undecoded, so that every bad
+    upload reaches ``detect_captcha``'s own checks (Pillow's bomb guard included)."""
+
+    def preprocess(self, payload):
+        return None if payload is None else payload.path
+
+    def get_block_name(self) -> str:
+        return "image"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class Recognizer:
+    """Holds the model; ``detect_captcha`` is the function the page and the API call."""
+
+    def __init__(self, checkpoint: str | None):
+        self.model, self.codec, self.config, self.ckpt = load_model(checkpoint)
+
+    def _read(self, path: str) -> torch.Tensor:
+        try:
+            return preprocess_image(Path(path).read_bytes(), self.config)
+        except Image.DecompressionBombError:
+            raise gr.Error("This image is too large to be a captcha (decompression-bomb guard).") from None
+        except Exception as err:
+            raise gr.Error(f"Not a readable image ({type(err).__name__}). Upload a PNG, JPEG, GIF, BMP or WebP captcha.") from None
+
+    def detect_captcha(self, path: str | None):
+        """One image path -> (text, confidence, [(char, confidence)], model-view image).
+
+        No image (the input was cleared) gives empty outputs."""
+        if not path:
+            return "", None, [], None
+        tensor = self._read(path)
+        pred = predict_captcha(self.model, self.codec, tensor)[0]
+        view = ((tensor + 1) * 127.5).clamp(0, 255).byte().permute(1, 2, 0).squeeze(-1).numpy()
+        chars = [(ch, f"{conf:.2f}") for ch, conf in zip(pred.text, pred.char_confidences)]
+        return pred.text, round(pred.confidence, 4), chars, view
+
+    def detect_many(self, paths: list[str] | None) -> list[list]:
+        """Several image paths -> table rows [file, prediction, confidence] (errors as rows)."""
+        rows = []
+        for path in paths or []:
+            try:
+                text, conf, _, _ = self.detect_captcha(path)
+                rows.append([Path(path).name, text, conf])
+            except gr.Error as err:
+                rows.append([Path(path).name, "", f"error: {err.message}"])
+        return rows
+
+
+def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
+    with gr.Blocks(title="Captcha recognizer") as app:
+        gr.Markdown("# Captcha recognizer")
+        if recognizer is None:
+            gr.Markdown(f"**No model to serve yet.** {problem}")
+            return app
+        gr.Markdown(model_card(recognizer.ckpt))
+        with gr.Tab("One captcha"):
+            with gr.Row():
+                image = RawImage(type="filepath", label="Captcha", sources=["upload", "clipboard"])
+                with gr.Column():
+                    text = gr.Textbox(label="Prediction", elem_id="prediction")
+                    confidence = gr.Number(label="Whole-sequence confidence", elem_id="confidence")
+                    chars = gr.HighlightedText(label="Per-character confidence")
+                    view = gr.Image(label="What the model sees (padded and resized)", interactive=False)
+            gr.Examples(make_examples(Path(tempfile.mkdtemp(prefix="captcha_examples_"))), inputs=image)
+            image.change(recognizer.detect_captcha, image, [text, confidence, chars, view], api_name="detect_captcha")
+        with gr.Tab("Many captchas"):
+            files = gr.File(file_count="multiple", label="Captcha images")
+            table = gr.Dataframe(headers=["file", "prediction", "confidence"], label="Predictions")
+            files.change(recognizer.detect_many, files, table, api_name="detect_many")
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    a = p.parse_args()
+    try:
+        recognizer, problem = Recognizer(a.checkpoint), ""
+    except FileNotFoundError as err:
+        recognizer, problem = None, str(err)
+        print(problem)
+    app = build_app(recognizer, problem)
+    app.queue().launch(server_name=a.host, server_port=a.port, share=a.share, show_error=True, max_file_size=MAX_UPLOAD)
+
+
+if __name__ == "__main__":
+    main()
