@@ -42,15 +42,13 @@ def make_examples(folder: Path, n: int = 4, seed: int = 12345) -> list[str]:
     return paths
 
 
-class RawImage(gr.Image):
-    """gr.Image that hands the uploaded file's path over undecoded, so that every bad
-    upload reaches ``detect_captcha``'s own checks (Pillow's bomb guard included)."""
-
-    def preprocess(self, payload):
-        return None if payload is None else payload.path
-
-    def get_block_name(self) -> str:
-        return "image"  # the same widget in the page
+def raw_upload(component: gr.Image) -> gr.Image:
+    """Make ``component`` hand the uploaded file's path over undecoded, so that every bad
+    upload reaches ``detect_captcha``'s own checks (Pillow's bomb guard included); gr.Image
+    would otherwise open it first and fail with an internal error. (An instance override,
+    not a subclass: gradio writes a .pyi stub beside any module defining a component class.)"""
+    component.preprocess = lambda payload: None if payload is None else payload.path
+    return component
 
 
 class Recognizer:
@@ -100,7 +98,7 @@ def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
         gr.Markdown(model_card(recognizer.ckpt))
         with gr.Tab("One captcha"):
             with gr.Row():
-                image = RawImage(type="filepath", label="Captcha", sources=["upload", "clipboard"])
+                image = raw_upload(gr.Image(type="filepath", label="Captcha", sources=["upload", "clipboard"]))
                 with gr.Column():
                     text = gr.Textbox(label="Prediction", elem_id="prediction")
                     confidence = gr.Number(label="Whole-sequence confidence", elem_id="confidence")
