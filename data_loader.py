@@ -5,9 +5,7 @@ IPC file in a cache folder, then memory-mapped: images stay encoded bytes in the
 cache, shared by every DataLoader worker, and are decoded one at a time in the workers.
 """
 
-import glob
 import hashlib
-import io
 import os
 from pathlib import Path
 
@@ -20,37 +18,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from config import Config
+from inputs import decode_image, find_parquet_files
 from labels import SPLITS, LabelCodec, label_problem, parse_label, split_of
-
-Image.MAX_IMAGE_PIXELS = 4_000_000  # captchas are small; anything larger is refused as a decompression bomb
-
-
-def find_parquet_files(paths: list[str]) -> list[Path]:
-    """Expand files, folders (recursively) and globs into a sorted list of parquet files."""
-    found: set[Path] = set()
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            found.update(path.rglob("*.parquet"))
-        elif path.is_file():
-            found.add(path)
-        else:
-            found.update(Path(m) for m in glob.glob(p, recursive=True) if m.endswith(".parquet"))
-    return sorted(found)
-
-
-def decode_image(data: bytes, channels: int = 3) -> Image.Image:
-    """Encoded bytes -> PIL image in the model's colour mode ("RGB" or "L").
-
-    16-bit and palette images are converted through RGB; raises PIL's errors for bytes
-    that are not an image and DecompressionBombError for oversized ones.
-    """
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = Image.fromarray((np.asarray(img, dtype=np.float32) / 256).clip(0, 255).astype(np.uint8))
-    img = img.convert("RGB")
-    return img.convert("L") if channels == 1 else img
 
 
 class SquarePadAndResize:
@@ -95,7 +64,7 @@ def _arrow_cache(parquet: Path, cache_dir: Path) -> Path:
     if target.exists():
         return target
     try:
-        source = pq.ParquetFile(parquet)
+        source = pq.ParquetFile(parquet, pre_buffer=False)  # pre-buffering holds whole files in memory
     except Exception as err:
         raise ValueError(f"{parquet}: not a readable parquet file ({err})") from err
     missing = {"image", "text"} - set(source.schema_arrow.names)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from captcha_generator import generate_captcha_data
 from config import add_config_args, config_from_args
-from data_loader import find_parquet_files, load_data
+from data_loader import load_data
+from inputs import find_parquet_files
 from labels import LabelCodec
 from utils import config_from_checkpoint, find_latest_checkpoint, load_checkpoint, train_model
 from visualize import CaptchaVisualizer

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from data_loader import decode_image, find_parquet_files
+from inputs import decode_image, find_parquet_files
 from labels import DEFAULT_CHARSET, SPLITS, label_problem, parse_label, split_of
 from parallel import ordered_map
 
@@ -63,7 +63,7 @@ def _clean_batch(file: str, first_row: int, batch: pa.RecordBatch, charset: str,
 
 def _open_input(path: Path) -> pq.ParquetFile:
     try:
-        source = pq.ParquetFile(path)
+        source = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds whole files in memory
     except Exception as err:
         raise ValueError(f"{path}: not a parquet file ({err})") from err
     missing = {"image", "text"} - set(source.schema_arrow.names)
@@ -145,7 +145,7 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=8, help="longest allowed label")
     p.add_argument("--report", default=None, help="JSON report path (default: <output>.report.json)")
     p.add_argument("--skip-bad-files", action="store_true", help="skip unreadable inputs instead of stopping")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes validating images")
+    p.add_argument("--workers", type=int, default=1, help="processes validating images (2: ~1.6x faster, ~1 GB peak)")
     a = p.parse_args()
     report = a.report or str(a.output) + ".report.json"
     ratios = tuple(float(r) for r in a.ratios.split(","))

@@ -7,7 +7,6 @@ a subprocess, sampling the RSS of its whole process tree.
 """
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -22,7 +21,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=60000, help="rows in the generated shard")
     p.add_argument("--copies", type=int, default=5, help="how many copies of the shard are combined")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="make_dataset worker processes")
+    p.add_argument("--workers", type=int, default=1, help="make_dataset worker processes")
     p.add_argument("--shard", default="", help="reuse this parquet shard instead of generating one")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,11 +34,11 @@ def main() -> None:
             shutil.copyfile(shard, inputs[-1])
         total = sum(f.stat().st_size for f in inputs)
         cmd = [sys.executable, "make_dataset.py", str(tmp / "in"), "--output", str(tmp / "out.parquet"), "--workers", str(a.workers)]
-        seconds, peak_mib = run_measuring_tree_rss(cmd)
+        seconds, peak_rss, peak_pss = run_measuring_tree_rss(cmd)
     print(f"machine: {machine()}")
     print(
         f"make_dataset: {total / 2**30:.2f} GiB in {len(inputs)} files in {seconds:.1f} s = {total / 2**20 / seconds:.1f} MiB/s, "
-        f"peak RSS of the process tree {peak_mib:.0f} MiB ({a.workers} workers)"
+        f"process tree peak PSS {peak_pss:.0f} MiB (RSS sum {peak_rss:.0f} MiB), {a.workers} workers"
     )
 
 

@@ -23,19 +23,25 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}"
 
 
-def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float, float]:
-    """Run ``cmd``; return (seconds, peak RSS in MiB of the process plus all its children)."""
+def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float, float, float]:
+    """Run ``cmd``; return (seconds, peak RSS, peak PSS) in MiB of the process plus all its children.
+
+    RSS counts pages shared between forked processes once per process; PSS splits them
+    between the sharers, so the PSS sum is the tree's real footprint.
+    """
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    peak = 0
+    peak = peak_pss = 0
     stop = threading.Event()
 
     def sample():
-        nonlocal peak
+        nonlocal peak, peak_pss
         parent = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
                 tree = [parent, *parent.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree))
+                infos = [p.memory_full_info() for p in tree]
+                peak = max(peak, sum(i.rss for i in infos))
+                peak_pss = max(peak_pss, sum(i.pss for i in infos))
             except psutil.Error:
                 pass
             time.sleep(interval)
@@ -49,4 +55,4 @@ def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float
     sampler.join()
     if code:
         raise SystemExit(f"{cmd} failed with exit code {code}")
-    return elapsed, peak / 2**20
+    return elapsed, peak / 2**20, peak_pss / 2**20

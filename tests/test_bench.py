@@ -20,4 +20,4 @@ def test_bench_generator_runs():
 
 def test_bench_make_dataset_runs():
     out = run("bench/bench_make_dataset.py", "--rows", "40", "--copies", "2", "--workers", "1")
-    assert "MiB/s" in out and "peak RSS" in out
+    assert "MiB/s" in out and "peak PSS" in out

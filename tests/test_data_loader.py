@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data_loader import SquarePadAndResize, decode_image, find_parquet_files, load_data
+from data_loader import SquarePadAndResize, load_data
+from inputs import decode_image, find_parquet_files
 from labels import LabelCodec
 
 

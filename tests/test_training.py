@@ -1,5 +1,6 @@
 import dataclasses
 
+import pytest
 import torch
 
 from data_loader import load_data
@@ -77,3 +78,18 @@ def test_set_requires_grad():
     set_requires_grad(model.backbone, False)
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
+
+
+class Payload:
+    """Unpickling this would run code; weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "payload": Payload()}, path)
+    with pytest.raises(ValueError, match="not a safe captcha checkpoint"):
+        load_checkpoint(path)
+    assert "pickled code ran" not in capsys.readouterr().out

@@ -1,0 +1,41 @@
+"""Reading untrusted inputs: finding parquet files, decoding image bytes.
+
+No torch here, so the data scripts and their worker processes stay light.
+"""
+
+import glob
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+Image.MAX_IMAGE_PIXELS = 4_000_000  # captchas are small; anything larger is refused as a decompression bomb
+
+
+def find_parquet_files(paths: list[str]) -> list[Path]:
+    """Expand files, folders (recursively) and globs into a sorted list of parquet files."""
+    found: set[Path] = set()
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found.update(path.rglob("*.parquet"))
+        elif path.is_file():
+            found.add(path)
+        else:
+            found.update(Path(m) for m in glob.glob(p, recursive=True) if m.endswith(".parquet"))
+    return sorted(found)
+
+
+def decode_image(data: bytes, channels: int = 3) -> Image.Image:
+    """Encoded bytes -> PIL image in the model's colour mode ("RGB" or "L").
+
+    16-bit and palette images are converted through RGB; raises PIL's errors for bytes
+    that are not an image and DecompressionBombError for oversized ones.
+    """
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = Image.fromarray((np.asarray(img, dtype=np.float32) / 256).clip(0, 255).astype(np.uint8))
+    img = img.convert("RGB")
+    return img.convert("L") if channels == 1 else img
