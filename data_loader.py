@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from config import Config
-from inputs import decode_image, find_parquet_files
+from inputs import decode_image, find_parquet_files, open_parquet
 from labels import SPLITS, LabelCodec, label_problem, parse_label, split_of
 
 
@@ -63,13 +62,7 @@ def _arrow_cache(parquet: Path, cache_dir: Path) -> Path:
     target = cache_dir / f"{parquet.stem}-{key}.arrow"
     if target.exists():
         return target
-    try:
-        source = pq.ParquetFile(parquet, pre_buffer=False)  # pre-buffering holds whole files in memory
-    except Exception as err:
-        raise ValueError(f"{parquet}: not a readable parquet file ({err})") from err
-    missing = {"image", "text"} - set(source.schema_arrow.names)
-    if missing:
-        raise ValueError(f"{parquet}: missing column(s) {sorted(missing)}; expected the image/text schema")
+    source = open_parquet(parquet)
     columns = [c for c in ("image", "text", "label", "split") if c in source.schema_arrow.names]
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
 
 Image.MAX_IMAGE_PIXELS = 4_000_000  # captchas are small; anything larger is refused as a decompression bomb
@@ -39,3 +40,16 @@ def decode_image(data: bytes, channels: int = 3) -> Image.Image:
         img = Image.fromarray((np.asarray(img, dtype=np.float32) / 256).clip(0, 255).astype(np.uint8))
     img = img.convert("RGB")
     return img.convert("L") if channels == 1 else img
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """Open a parquet file in the shared schema; ValueError naming the file if it is not
+    parquet or lacks the ``image``/``text`` columns."""
+    try:
+        source = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds whole files in memory
+    except Exception as err:
+        raise ValueError(f"{path}: not a parquet file ({err})") from err
+    missing = {"image", "text"} - set(source.schema_arrow.names)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected columns image {{bytes, path}} and text")
+    return source

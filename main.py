@@ -8,12 +8,12 @@ python main.py --resume saved_models/<run>/last.pt
 import argparse
 from pathlib import Path
 
-from captcha_generator import generate_captcha_data
+from captcha_generator import CaptchaStyle, generate_captcha_data
 from config import add_config_args, config_from_args
 from data_loader import load_data
 from inputs import find_parquet_files
 from labels import LabelCodec
-from utils import config_from_checkpoint, find_latest_checkpoint, load_checkpoint, train_model
+from utils import config_from_checkpoint, load_checkpoint, train_model
 from visualize import CaptchaVisualizer
 
 
@@ -28,15 +28,15 @@ def main() -> None:
     if not find_parquet_files(config.data) and config.data == ["data"]:
         target = Path("data/generated.parquet")
         print(f"note: no parquet file in data/; generating {config.default_count} captchas into {target} (the shared schema)")
-        generate_captcha_data(config.default_count, target, seed=config.seed, workers=config.workers or None)
+        style = CaptchaStyle(charset=config.charset, min_len=min(4, config.max_len), max_len=config.max_len)
+        generate_captcha_data(config.default_count, target, seed=config.seed, style=style, workers=config.workers or None)
     codec = LabelCodec(config.charset, config.max_len)
     loaders = load_data(config, codec)
     if loaders["skipped"]:
         print(f"skipped rows by reason: {loaders['skipped']}")
     print(", ".join(f"{s}: {len(loaders[s].dataset)} rows" for s in ("train", "val", "test")))
     run_dir = train_model(config, loaders)
-    best = find_latest_checkpoint(run_dir.parent) if not (run_dir / "best.pt").exists() else run_dir / "best.pt"
-    picture = CaptchaVisualizer(best).visualize_predictions(loaders["val"].dataset, run_dir / "predictions.png")
+    picture = CaptchaVisualizer(run_dir / "best.pt").visualize_predictions(loaders["val"].dataset, run_dir / "predictions.png")
     print(f"checkpoints: {run_dir / 'best.pt'} (best), {run_dir / 'last.pt'} (last)")
     print(f"metrics: {run_dir / 'metrics.csv'}, curves: {run_dir / 'curves.png'}, predictions: {picture}")
 

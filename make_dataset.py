@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from inputs import decode_image, find_parquet_files
+from inputs import decode_image, find_parquet_files, open_parquet
 from labels import DEFAULT_CHARSET, SPLITS, label_problem, parse_label, split_of
 from parallel import ordered_map
 
@@ -61,17 +61,6 @@ def _clean_batch(file: str, first_row: int, batch: pa.RecordBatch, charset: str,
     return table, dropped
 
 
-def _open_input(path: Path) -> pq.ParquetFile:
-    try:
-        source = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds whole files in memory
-    except Exception as err:
-        raise ValueError(f"{path}: not a parquet file ({err})") from err
-    missing = {"image", "text"} - set(source.schema_arrow.names)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected columns image {{bytes, path}} and text")
-    return source
-
-
 def parquet_to_parquet(
     inputs: list[str],
     output: str | os.PathLike,
@@ -95,7 +84,7 @@ def parquet_to_parquet(
     sources, bad_files = [], []
     for path in files:
         try:
-            sources.append((path, _open_input(path)))
+            sources.append((path, open_parquet(path)))
         except ValueError as err:
             if not skip_bad_files:
                 raise

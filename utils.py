@@ -110,6 +110,17 @@ def recognition_loss(logits: torch.Tensor, ctc_logits: torch.Tensor, targets: to
     return loss
 
 
+def load_pretrained_backbone(model: CNNModel, path: str) -> int:
+    """Copy every tensor of an EfficientNet ImageNet state_dict file whose name and shape
+    match the (possibly cut and re-strided) backbone; returns how many were copied."""
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.backbone.state_dict()
+    usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    model.backbone.load_state_dict(usable, strict=False)
+    print(f"pretrained backbone: {len(usable)} of {len(own)} tensors loaded from {path}")
+    return len(usable)
+
+
 def _pretrain_epochs(config: Config) -> int:
     if config.pretrain_epochs >= 0:
         return config.pretrain_epochs
@@ -164,7 +175,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
     seed_everything(config.seed)
     model = build_model(config)
     if config.pretrained_weights and not resume:
-        model.backbone.load_state_dict(torch.load(config.pretrained_weights, map_location="cpu", weights_only=True), strict=False)
+        load_pretrained_backbone(model, config.pretrained_weights)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     train_loader = loaders["train"]

@@ -113,6 +113,7 @@ def test_api_answers_every_image_mode(server, tmp_path, name, image):
     "name, raw, message",
     [
         ("notes.png", b"this is a text file", "Not a readable image"),
+        ("empty.png", b"", "Not a readable image"),
         ("cut.png", None, "Not a readable image"),
         ("bomb.png", None, "too large"),
     ],

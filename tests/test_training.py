@@ -6,7 +6,15 @@ import torch
 from data_loader import load_data
 from labels import LabelCodec
 from model import CNNModel
-from utils import build_model, load_checkpoint, load_model, seed_everything, set_requires_grad, train_model
+from utils import (
+    build_model,
+    load_checkpoint,
+    load_model,
+    load_pretrained_backbone,
+    seed_everything,
+    set_requires_grad,
+    train_model,
+)
 
 
 def loaders_for(config):
@@ -93,3 +101,12 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a safe captcha checkpoint"):
         load_checkpoint(path)
     assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_pretrained_weights_load_where_names_and_shapes_match(tiny_config, tmp_path):
+    source = build_model(tiny_config).backbone.state_dict()
+    source["_conv_head.weight"] = torch.zeros(3, 3)  # a stage this model does not have
+    torch.save(source, tmp_path / "imagenet.pt")
+    model = build_model(tiny_config)
+    assert load_pretrained_backbone(model, str(tmp_path / "imagenet.pt")) == len(source) - 1
+    assert torch.equal(model.backbone._conv_stem.weight, source["_conv_stem.weight"])
