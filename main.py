@@ -31,7 +31,10 @@ def main() -> None:
         style = CaptchaStyle(charset=config.charset, min_len=min(4, config.max_len), max_len=config.max_len)
         generate_captcha_data(config.default_count, target, seed=config.seed, style=style, workers=config.workers or None)
     codec = LabelCodec(config.charset, config.max_len)
-    loaders = load_data(config, codec)
+    try:
+        loaders = load_data(config, codec)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"main.py: {err}") from None
     if loaders["skipped"]:
         print(f"skipped rows by reason: {loaders['skipped']}")
     print(", ".join(f"{s}: {len(loaders[s].dataset)} rows" for s in ("train", "val", "test")))

@@ -24,3 +24,10 @@ def test_main_help_lists_every_knob():
     out = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True, check=True).stdout
     flags = ("--data", "--charset", "--max-len", "--img-width", "--variant", "--pretrained-weights", "--pretrain-epochs", "--resume")
     assert all(flag in out for flag in flags)
+
+
+def test_main_names_a_file_that_is_not_parquet(tmp_path):
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--data", "junk.parquet"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "junk.parquet: not a parquet file" in result.stderr and "Traceback" not in result.stderr
