@@ -25,13 +25,14 @@ from utils import load_model  # noqa: E402
 
 
 def save_confusion_png(predictions: list[str], labels: list[str], report: dict, output: Path, top: int = 12) -> Path | None:
-    """Confusion matrix (scikit-learn) of the characters in the most frequent confusions."""
+    """Confusion matrix (scikit-learn) of the characters in the most frequent confusions,
+    over aligned positions of same-length predictions where both characters are among them."""
     chars = sorted({c for row in report["top_confusions"][:top] for c in (row["true"], row["predicted"])})
-    pairs = [(t, p) for pred, lab in zip(predictions, labels) if len(pred) == len(lab) for t, p in zip(lab, pred) if t in chars]
+    pairs = [(t, p) for pred, lab in zip(predictions, labels) if len(pred) == len(lab) for t, p in zip(lab, pred) if t in chars and p in chars]
     if not chars or not pairs:
         return None
     truth, guess = zip(*pairs)
-    matrix = confusion_matrix(truth, [g if g in chars else truth[i] for i, g in enumerate(guess)], labels=chars)
+    matrix = confusion_matrix(truth, guess, labels=chars)
     fig, ax = plt.subplots(figsize=(1 + 0.5 * len(chars), 1 + 0.5 * len(chars)))
     ConfusionMatrixDisplay(matrix, display_labels=chars).plot(ax=ax, colorbar=False, values_format="d")
     ax.set_title("most confused characters (rows: true)")
