@@ -28,7 +28,8 @@ def save_confusion_png(predictions: list[str], labels: list[str], report: dict, 
     """Confusion matrix (scikit-learn) of the characters in the most frequent confusions,
     over aligned positions of same-length predictions where both characters are among them."""
     chars = sorted({c for row in report["top_confusions"][:top] for c in (row["true"], row["predicted"])})
-    pairs = [(t, p) for pred, lab in zip(predictions, labels) if len(pred) == len(lab) for t, p in zip(lab, pred) if t in chars and p in chars]
+    aligned = [(t, p) for pred, lab in zip(predictions, labels) if len(pred) == len(lab) for t, p in zip(lab, pred)]
+    pairs = [(t, p) for t, p in aligned if t in chars and p in chars]
     if not chars or not pairs:
         return None
     truth, guess = zip(*pairs)
