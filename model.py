@@ -2,11 +2,12 @@
 
 The backbone is efficientnet-pytorch's EfficientNet built from its own block list,
 optionally cut after its first stages, with the later downsamplings vertical-only
-(stride ``(2, 1)``): a 48x160 captcha keeps 20 columns of features instead of
-EfficientNet's usual 5, more columns than characters. A bidirectional GRU gives each column the context of its row
-(so "the third character" can be found), each character position has its own learnt
-query that attends over the columns, and a classifier shared by the positions turns
-each attended vector into logits over the charset plus the end/pad class.
+(stride ``(2, 1)``): a 40x128 captcha keeps 16 columns of features instead of
+EfficientNet's usual 4, more columns than characters. A bidirectional GRU gives each
+column the context of its row (so "the third character" can be found), each character
+position has its own learnt query that attends over the columns, and a classifier
+shared by the positions turns each attended vector into logits over the charset plus
+the end/pad class.
 """
 
 import torch
