@@ -5,7 +5,7 @@ model and preprocessing from the checkpoint file alone.
 """
 
 import argparse
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from labels import DEFAULT_CHARSET
 
@@ -75,7 +75,3 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
-
-
-def config_to_dict(config: Config) -> dict:
-    return asdict(config)
