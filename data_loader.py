@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from config import Config
-from inputs import decode_image, find_parquet_files, open_parquet
+from inputs import decode_image, find_parquet_files, open_parquet, to_model_mode
 from labels import SPLITS, LabelCodec, label_problem, parse_label, split_of
 
 
@@ -48,10 +48,7 @@ def preprocess_image(image: Image.Image | bytes | str | os.PathLike, config: Con
     """
     if isinstance(image, (str, os.PathLike)):
         image = Path(image).read_bytes()
-    if isinstance(image, bytes):
-        image = decode_image(image, config.channels)
-    else:
-        image = image.convert("RGB").convert("L" if config.channels == 1 else "RGB")
+    image = decode_image(image, config.channels) if isinstance(image, bytes) else to_model_mode(image, config.channels)
     return SquarePadAndResize(config.img_height, config.img_width)(image)
 
 

@@ -36,6 +36,11 @@ def decode_image(data: bytes, channels: int = 3) -> Image.Image:
     """
     img = Image.open(io.BytesIO(data))
     img.load()
+    return to_model_mode(img, channels)
+
+
+def to_model_mode(img: Image.Image, channels: int = 3) -> Image.Image:
+    """Any PIL image -> "RGB" (or "L" for ``channels == 1``); 16-bit gray is scaled to 8 bits."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = Image.fromarray((np.asarray(img, dtype=np.float32) / 256).clip(0, 255).astype(np.uint8))
     img = img.convert("RGB")
