@@ -74,22 +74,33 @@ def _light_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(170, 256, size=3))
 
 
-def _char_tile(ch: str, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:
-    """One character in its own font, size, colour and rotation, as a tight RGBA tile."""
-    font = _font(style.fonts[int(rng.integers(len(style.fonts)))], int(style.height * rng.uniform(0.6, 0.85)))
-    left, top, right, bottom = font.getbbox(ch)
-    mask = Image.new("L", (right - left + 4, bottom - top + 4), 0)
-    ImageDraw.Draw(mask).text((2 - left, 2 - top), ch, font=font, fill=255)
+def _char_tile(ch: str, font: ImageFont.FreeTypeFont, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:
+    """One character in its own colour and rotation, as an RGBA tile one text line high.
+
+    The tile keeps the font's ascent and descent, so characters pasted at one height share a
+    baseline and lowercase letters stay smaller than capitals (c/C, o/O, x/X stay readable).
+    """
+    left, _, right, _ = font.getbbox(ch)
+    ascent, descent = font.getmetrics()
+    mask = Image.new("L", (right - left + 4, ascent + descent + 4), 0)
+    ImageDraw.Draw(mask).text((2 - left, 2), ch, font=font, fill=255)
     mask = mask.rotate(float(rng.uniform(-style.rotation, style.rotation)), Image.BICUBIC, expand=True)
-    mask = mask.crop(mask.getbbox() or (0, 0, 1, 1))
+    x0, _, x1, _ = mask.getbbox() or (0, 0, 1, 1)
+    mask = mask.crop((x0, 0, x1, mask.height))
     tile = Image.new("RGBA", mask.size, _dark_colour(rng))
     tile.putalpha(mask)
     return tile
 
 
 def draw_text(img: Image.Image, text: str, rng: np.random.Generator, style: CaptchaStyle) -> None:
-    """Paste ``text`` onto ``img`` in place, character by character, neighbours overlapping."""
-    tiles = [_char_tile(ch, rng, style) for ch in text]
+    """Paste ``text`` onto ``img`` in place, character by character, neighbours overlapping.
+
+    One font and size per captcha (each character's size jittered by 5%), as a real site's
+    captchas have; rotation, colour and height vary per character.
+    """
+    path = style.fonts[int(rng.integers(len(style.fonts)))]
+    size = style.height * rng.uniform(0.6, 0.85)
+    tiles = [_char_tile(ch, _font(path, round(size * rng.uniform(0.95, 1.05))), rng, style) for ch in text]
     overlap = rng.uniform(0.0, 0.15)
     advance = [max(1, round(t.width * (1 - overlap))) for t in tiles]
     span = sum(advance[:-1]) + tiles[-1].width
@@ -100,8 +111,7 @@ def draw_text(img: Image.Image, text: str, rng: np.random.Generator, style: Capt
         span = sum(advance[:-1]) + tiles[-1].width
     x = int(rng.integers(0, max(1, img.width - span + 1)))
     for tile, step in zip(tiles, advance):
-        free = max(0, img.height - tile.height)
-        y = round(free / 2 + rng.uniform(-0.35, 0.35) * free)
+        y = round((img.height - tile.height) / 2 + rng.uniform(-0.08, 0.08) * img.height)
         img.paste(tile, (x, y), tile)
         x += step
 
