@@ -24,8 +24,8 @@ class Config:
     # model and input
     charset: str = _opt(DEFAULT_CHARSET, "characters the model reads (case-sensitive)")
     max_len: int = _opt(8, "longest label the model can output")
-    img_height: int = _opt(40, "model input height; images keep their aspect ratio and are padded")
-    img_width: int = _opt(128, "model input width")
+    img_height: int = _opt(32, "model input height; images keep their aspect ratio and are padded")
+    img_width: int = _opt(96, "model input width")
     channels: int = _opt(3, "input channels: 3 (RGB) or 1 (grayscale)")
     variant: str = _opt("efficientnet-b0", "EfficientNet variant (efficientnet-b0 ... b7)")
     stages: int = _opt(4, "EfficientNet stages kept (7: all); 4 learns fastest on a CPU budget, see bench/RESULTS.md")
@@ -37,7 +37,7 @@ class Config:
     drop_connect: float = _opt(0.0, "EfficientNet stochastic-depth rate (its own default is 0.2)")
     pretrained_weights: str = _opt("", "local EfficientNet ImageNet state_dict file to start the backbone from")
     # optimisation
-    epochs: int = _opt(6, "training epochs")
+    epochs: int = _opt(10, "training epochs")
     pretrain_epochs: int = _opt(-1, "epochs with the backbone frozen first (-1: 1 with pretrained weights, else 0)")
     batch_size: int = _opt(64, "images per step")
     lr: float = _opt(3e-3, "peak learning rate (AdamW, one-cycle schedule)")

@@ -12,7 +12,7 @@ the end/pad class.
 
 import torch
 from efficientnet_pytorch import EfficientNet
-from efficientnet_pytorch.utils import get_model_params
+from efficientnet_pytorch.utils import Conv2dDynamicSamePadding, get_model_params
 from torch import nn
 
 
@@ -38,7 +38,27 @@ def build_backbone(
     strided = [i for i, b in enumerate(blocks_args) if b.stride != [1]]
     vertical_only = set(strided[max(0, width_strides - 1) :])
     blocks_args = [b._replace(stride=[2, 1]) if i in vertical_only else b for i, b in enumerate(blocks_args)][:stages]
-    return EfficientNet(blocks_args, global_params)
+    backbone = EfficientNet(blocks_args, global_params)
+    # The library's autograd.Function swish and its F.pad before every convolution cost
+    # 20% and 10% of a CPU training step (bench/RESULTS.md); plain SiLU and the
+    # convolutions' own symmetric padding give the same output sizes.
+    backbone.set_swish(memory_efficient=False)
+    _pad_inside_convolutions(backbone)
+    return backbone
+
+
+def _pad_inside_convolutions(module: nn.Module) -> None:
+    """Replace each TF-style "same" convolution (an F.pad, then a convolution) in place by a
+    plain nn.Conv2d padding k // 2 on every side; parameter names and shapes are unchanged."""
+    for name, child in module.named_children():
+        if isinstance(child, Conv2dDynamicSamePadding):
+            conv = nn.Conv2d(
+                child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                tuple(k // 2 for k in child.kernel_size), groups=child.groups, bias=child.bias is not None,
+            )  # fmt: skip
+            setattr(module, name, conv)
+        else:
+            _pad_inside_convolutions(child)
 
 
 class CNNModel(nn.Module):
@@ -67,7 +87,7 @@ class CNNModel(nn.Module):
         self.backbone = build_backbone(variant, width_strides, width_mult, depth_mult, drop_connect, stages)
         if channels != 3:
             stem = self.backbone._conv_stem
-            self.backbone._conv_stem = type(stem)(channels, stem.out_channels, kernel_size=3, stride=2, bias=False)
+            self.backbone._conv_stem = nn.Conv2d(channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
         with torch.no_grad():
             _, feat_channels, _, columns = self.backbone.extract_features(torch.zeros(1, channels, img_height, img_width)).shape
         self.proj = nn.Linear(feat_channels, head_dim)
