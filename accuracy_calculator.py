@@ -21,7 +21,7 @@ from device import get_device  # noqa: E402
 from labels import SPLITS  # noqa: E402
 from metrics import full_report  # noqa: E402
 from predict import run_inference  # noqa: E402
-from utils import load_model  # noqa: E402
+from utils import load_recognizer  # noqa: E402
 
 
 def save_confusion_png(predictions: list[str], labels: list[str], report: dict, output: Path, top: int = 12) -> Path | None:
@@ -63,6 +63,7 @@ def print_report(report: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
+    p.add_argument("--onnx", default=None, help="evaluate this exported ONNX file (onnxruntime) instead of a checkpoint")
     p.add_argument("--data", nargs="+", default=None, help="parquet files/folders (default: the checkpoint's training data)")
     p.add_argument("--split", default=None, choices=[*SPLITS, "all"], help="rows to evaluate (default: test; all with --data)")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch")
@@ -74,7 +75,7 @@ def main() -> None:
     a = p.parse_args()
     device = get_device(a.device)
     try:
-        model, codec, config, ckpt = load_model(a.checkpoint, device)
+        model, codec, config, ckpt = load_recognizer(a.checkpoint, a.onnx, device)
     except FileNotFoundError as err:
         raise SystemExit(str(err)) from None
     split = a.split or ("all" if a.data else "test")
@@ -90,7 +91,7 @@ def main() -> None:
         "skipped_labels": skipped,
         "images_per_s": len(labels) / max(seconds, 1e-9),
         "batch_size": a.batch_size,
-        "device": str(device),
+        "device": "onnxruntime cpu" if a.onnx else str(device),
     }
     png = save_confusion_png(predictions, labels, report, Path(a.confusion_png or Path(ckpt["path"]).parent / "confusion.png"))
     report["confusion_png"] = str(png) if png else None

@@ -5,7 +5,7 @@ model and preprocessing from the checkpoint file alone.
 """
 
 import argparse
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from labels import DEFAULT_CHARSET
 
@@ -46,7 +46,8 @@ class Config:
     ctc_weight: float = _opt(0.5, "weight of the auxiliary CTC loss on the feature columns (0: off)")
     grad_clip: float = _opt(2.0, "gradient norm clip (0: off)")
     channels_last: bool = _opt(True, "channels_last memory format (2x faster on CPU here)")
-    amp: bool = _opt(False, "bfloat16 autocast (CPU / CUDA)")
+    amp: bool = _opt(False, "mixed precision: bfloat16 autocast where supported, else float16 with a GradScaler (CUDA)")
+    sync_bn: bool = _opt(False, "SyncBatchNorm across torchrun processes (CUDA only), for small per-GPU batches")
     # run
     seed: int = _opt(0, "random seed for data order, init and dropout")
     workers: int = _opt(2, "DataLoader worker processes")
@@ -75,3 +76,24 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
+
+
+# settings a resumed run may change: where and how it runs, not what it trains
+RUN_TIME_FIELDS = ("resume", "workers", "device", "out_dir", "run_name", "data")
+
+
+def resumed_config(saved: Config, asked: Config) -> Config:
+    """The checkpoint's configuration with the run-time settings given on the command line.
+
+    A training setting given on the command line that differs from the checkpoint's (say
+    another charset or image size) is an error naming each one, not a silent override.
+    """
+    default = Config()
+    changed = [
+        f"--{f.name.replace('_', '-')} {getattr(asked, f.name)!r} (checkpoint: {getattr(saved, f.name)!r})"
+        for f in fields(Config)
+        if f.name not in RUN_TIME_FIELDS and getattr(asked, f.name) not in (getattr(default, f.name), getattr(saved, f.name))
+    ]
+    if changed:
+        raise ValueError("--resume continues a run with its own settings; these differ: " + "; ".join(changed))
+    return replace(saved, **{name: getattr(asked, name) for name in RUN_TIME_FIELDS if getattr(asked, name) != getattr(default, name)})

@@ -6,6 +6,7 @@ cache, shared by every DataLoader worker, and are decoded one at a time in the w
 """
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+import distributed
 from config import Config
 from inputs import decode_image, find_parquet_files, open_parquet, to_model_mode
 from labels import SPLITS, LabelCodec, label_problem, parse_label, split_of
@@ -120,6 +122,9 @@ def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
         raise FileNotFoundError(f"no parquet files found in {config.data}")
     tables, split_rows, skipped = [], {s: ([], []) for s in SPLITS}, {}
     for file_index, path in enumerate(files):
+        if open_parquet(path).metadata.num_rows == 0:  # open_parquet also checks the columns
+            tables.append(None)  # keeps file indices aligned; no row refers to it
+            continue
         arrow = _arrow_cache(path, cache_dir or path.parent / ".cache")
         table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
         tables.append(table)
@@ -138,11 +143,27 @@ def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
     return tables, out, skipped
 
 
+class EpochSampler(DistributedSampler):
+    """The training order: DistributedSampler's seeded shuffle, reshuffled by ``set_epoch``
+    (one replica, or this process's share under torchrun), that can start an epoch
+    ``skip`` indices in, so a run resumed mid-epoch gets exactly the batches it had left."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        super().__init__(dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True, seed=seed)
+        self.skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
 def _loader(dataset: CaptchaDataset, config: Config, shuffle: bool) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        sampler=EpochSampler(dataset, config.seed) if shuffle else None,
         drop_last=shuffle and len(dataset) > config.batch_size,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
@@ -154,14 +175,18 @@ def _loader(dataset: CaptchaDataset, config: Config, shuffle: bool) -> DataLoade
 def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) -> dict:
     """Build {"train", "val", "test"} DataLoaders plus "skipped" (label problems by reason).
 
-    The train loader shuffles with its own generator (``loader.generator``), which the
-    training loop reseeds every epoch so that a resumed run sees the same order.
+    Under torchrun each process gets its share of every split (see EpochSampler).
+
+    The train loader's order comes from its EpochSampler (``loader.sampler``), which the
+    training loop moves on with ``set_epoch``, so a resumed run sees the same order.
     """
     tables, splits, skipped = read_rows(config, codec, cache_dir)
     loaders: dict = {"skipped": skipped}
     for name, (rows, labels) in splits.items():
         if config.limit:
             rows, labels = rows[: config.limit], labels[: config.limit]
+        if name != "train" and distributed.world_size() > 1:  # each process validates its share
+            rows, labels = rows[distributed.rank() :: distributed.world_size()], labels[distributed.rank() :: distributed.world_size()]
         loaders[name] = _loader(CaptchaDataset(tables, rows, labels, config, codec), config, shuffle=name == "train")
     if len(loaders["train"].dataset) == 0:
         raise ValueError(f"no trainable rows in {config.data} (skipped: {skipped})")

@@ -1,4 +1,4 @@
-"""The device helper and the autocast helper."""
+"""The device helper and the mixed-precision helpers."""
 
 import contextlib
 
@@ -16,8 +16,20 @@ def get_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where ``device`` computes in it (CPUs, CUDA cards from Ampere on), else float16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast on ``device`` when enabled, else a null context."""
+    """Mixed-precision autocast on ``device`` (amp_dtype) when enabled, else a null context."""
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=amp_dtype(device))
+
+
+def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for float16 autocast (bfloat16 needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=enabled and amp_dtype(device) == torch.float16)

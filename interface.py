@@ -2,6 +2,7 @@
 
 python interface.py                        # newest checkpoint, http://127.0.0.1:7860
 python interface.py --checkpoint saved_models/<run>/best.pt --port 8000
+python interface.py --onnx model.onnx          # onnxruntime instead of PyTorch
 """
 
 import argparse
@@ -16,15 +17,15 @@ from PIL import Image
 from captcha_generator import CaptchaStyle, generate_captcha, generate_random_string
 from data_loader import preprocess_image
 from predict import predict_captcha
-from utils import load_model
+from utils import load_recognizer
 
 MAX_UPLOAD = "2mb"
 
 
 def model_card(ckpt: dict) -> str:
-    history = ckpt.get("history") or [{}]
-    acc = history[-1].get("val_seq_acc")
-    acc_text = "n/a" if acc is None else f"{ckpt.get('best_metric', acc):.2%}"
+    """One Markdown line about the model: a checkpoint dict or load_onnx's info dict."""
+    acc = ckpt.get("best_metric")
+    acc_text = "n/a" if acc is None else f"{acc:.2%}"
     return f"**Model** `{ckpt['path']}` · trained {ckpt.get('saved_at', 'unknown')} · best validation sequence accuracy {acc_text}"
 
 
@@ -54,8 +55,8 @@ def raw_upload(component: gr.Image) -> gr.Image:
 class Recognizer:
     """Holds the model; ``detect_captcha`` is the function the page and the API call."""
 
-    def __init__(self, checkpoint: str | None):
-        self.model, self.codec, self.config, self.ckpt = load_model(checkpoint)
+    def __init__(self, checkpoint: str | None, onnx: str | None = None):
+        self.model, self.codec, self.config, self.ckpt = load_recognizer(checkpoint, onnx)
 
     def _read(self, path: str) -> torch.Tensor:
         try:
@@ -116,12 +117,13 @@ def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
+    p.add_argument("--onnx", default=None, help="serve this exported ONNX file with onnxruntime instead of a checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     a = p.parse_args()
     try:
-        recognizer, problem = Recognizer(a.checkpoint), ""
+        recognizer, problem = Recognizer(a.checkpoint, a.onnx), ""
     except FileNotFoundError as err:
         recognizer, problem = None, str(err)
         print(problem)

@@ -1,6 +1,9 @@
-"""Recognition metrics: sequence accuracy, CER (jiwer), per-length accuracy, confusions, coverage."""
+"""Recognition metrics (sequence accuracy, CER via jiwer, per-length accuracy, confusions,
+coverage) and the training history files."""
 
+import csv
 from collections import Counter
+from pathlib import Path
 
 import jiwer
 
@@ -69,3 +72,27 @@ def full_report(predictions: list[str], labels: list[str], confidences: list[flo
         "top_confusions": [{"true": a, "predicted": b, "count": n} for (a, b), n in confusions.most_common(top_confusions)],
         "coverage": coverage_at_thresholds(predictions, labels, confidences),
     }
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """metrics.csv (one row per epoch) and curves.png (loss, validation accuracy and CER) in ``run_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set(title="train loss", xlabel="epoch")
+    ax_acc.plot(epochs, [h["val_seq_acc"] for h in history], marker="o", label="sequence accuracy")
+    ax_acc.plot(epochs, [h["val_cer"] for h in history], marker="o", label="CER")
+    ax_acc.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)

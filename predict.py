@@ -29,7 +29,7 @@ def predict_captcha(model: torch.nn.Module, codec: LabelCodec, images: torch.Ten
     """images (B, C, H, W) or (C, H, W) -> one Prediction per image."""
     if images.dim() == 3:
         images = images.unsqueeze(0)
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None) or next(model.parameters()).device
     with autocast(device, amp):
         ids, conf = predict_batch(model, images.to(device, memory_format=torch.channels_last))
     ids, conf = ids.cpu(), conf.cpu()

@@ -3,6 +3,7 @@
 python test.py captcha1.png captcha2.jpg          # files
 python test.py my_captchas/ --csv predictions.csv # a folder, batch prediction
 python test.py --parquet data/generated.parquet --rows 16
+python test.py my_captchas/ --onnx model.onnx --csv predictions.csv   # onnxruntime
 """
 
 import argparse
@@ -18,7 +19,7 @@ from data_loader import preprocess_image
 from device import get_device
 from labels import parse_label
 from predict import predict_captcha
-from utils import load_model
+from utils import load_recognizer
 from visualize import show_all_images_with_predictions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -51,6 +52,7 @@ def main() -> None:
     p.add_argument("--parquet", default=None, help="also take the first --rows rows of this parquet file (labels shown)")
     p.add_argument("--rows", type=int, default=16, help="rows taken from --parquet")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
+    p.add_argument("--onnx", default=None, help="predict with this exported ONNX file (onnxruntime) instead of a checkpoint")
     p.add_argument("--batch-size", type=int, default=64, help="images per model call")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--csv", default=None, help="write file,prediction,confidence,char_confidences rows here")
@@ -62,7 +64,7 @@ def main() -> None:
     if not a.paths and not a.parquet:
         p.error("give image files, a folder, or --parquet")
     try:
-        model, codec, config, ckpt = load_model(a.checkpoint, get_device(a.device))
+        model, codec, config, ckpt = load_recognizer(a.checkpoint, a.onnx, get_device(a.device))
     except FileNotFoundError as err:
         raise SystemExit(str(err)) from None
     examples = collect_examples(a.paths, a.parquet, a.rows)
@@ -77,7 +79,7 @@ def main() -> None:
     predictions = []
     for start in tqdm(range(0, len(tensors), a.batch_size), desc="predicting", unit="batch", disable=len(tensors) <= a.batch_size):
         predictions += predict_captcha(model, codec, torch.stack(tensors[start : start + a.batch_size]))
-    print(f"checkpoint: {ckpt['path']}")
+    print(f"model: {ckpt['path']}")
     for ex, pred in zip(good, predictions):
         if not a.quiet:
             chars = " ".join(f"{c}:{q:.2f}" for c, q in zip(pred.text, pred.char_confidences))

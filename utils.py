@@ -1,10 +1,13 @@
-"""Device, seeding, checkpoints, model loading and the training loop."""
+"""Seeding, model building and loading, the loss, and the training loop."""
 
-import csv
+import hashlib
 import os
 import random
+import signal
+import threading
 import time
-from dataclasses import asdict, fields
+from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,14 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import distributed
+from checkpoints import check_output_dir, config_from_checkpoint, find_latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from config import Config
-from device import autocast, get_device
+from device import autocast, get_device, grad_scaler
 from labels import LabelCodec
-from metrics import sequence_metrics
+from metrics import sequence_metrics, write_history
 from model import CNNModel
 from predict import run_inference
-
-CHECKPOINT_VERSION = 1
 
 
 def seed_everything(seed: int) -> None:
@@ -54,34 +57,6 @@ def build_model(config: Config) -> CNNModel:
     )
 
 
-def save_checkpoint(path: Path, **state) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint safely (``weights_only=True``: no pickled code runs) onto the CPU."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a safe captcha checkpoint ({type(err).__name__}: {err})") from err
-
-
-def find_latest_checkpoint(out_dir: str | os.PathLike = "saved_models") -> Path:
-    """The most recently written best.pt (or last.pt) under ``out_dir``."""
-    candidates = list(Path(out_dir).glob("*/best.pt")) or list(Path(out_dir).glob("*/last.pt"))
-    if not candidates:
-        raise FileNotFoundError(f"no checkpoint in {out_dir}/ yet: train one with `python main.py`")
-    return max(candidates, key=lambda p: p.stat().st_mtime)
-
-
-def config_from_checkpoint(ckpt: dict) -> Config:
-    known = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in ckpt["config"].items() if k in known})
-
-
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", out_dir: str = "saved_models"):
     """Rebuild the model from a checkpoint alone (newest in ``out_dir`` when ``path`` is None).
 
@@ -91,10 +66,21 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     ckpt = load_checkpoint(path)
     config = config_from_checkpoint(ckpt)
     model = build_model(config)
-    model.load_state_dict(ckpt["model"])
+    described = f"{config.variant}, {config.img_height}x{config.img_width}, {len(config.charset)} characters"
+    load_weights(model, ckpt["model"], f"{path} ({described})")
     model.to(device).eval()
     ckpt["path"] = str(path)
     return model, LabelCodec(config.charset, config.max_len), config, ckpt
+
+
+def load_recognizer(checkpoint: str | None = None, onnx: str | None = None, device: str | torch.device = "cpu"):
+    """(model, codec, config, info) from an ONNX file when ``onnx`` is given (onnxruntime, CPU),
+    else from ``checkpoint`` (default: the newest in saved_models/) on ``device``."""
+    if onnx:
+        from onnx_model import load_onnx
+
+        return load_onnx(onnx)
+    return load_model(checkpoint, device)
 
 
 def recognition_loss(logits: torch.Tensor, ctc_logits: torch.Tensor, targets: torch.Tensor, config: Config) -> torch.Tensor:
@@ -127,128 +113,215 @@ def _pretrain_epochs(config: Config) -> int:
     return 1 if config.pretrained_weights else 0
 
 
-def _set_phase(model: CNNModel, frozen: bool) -> None:
-    """Train mode, except a frozen backbone also keeps its batch-norm statistics (eval mode)."""
+def _set_phase(model: CNNModel, frozen: bool, config: Config) -> nn.Module:
+    """Train mode, except a frozen backbone also keeps its batch-norm statistics (eval mode).
+
+    Returns what the steps call: the model, or under torchrun a DistributedDataParallel
+    wrapper built for this phase's trainable parameters.
+    """
     model.train()
     for module in model.backbone_modules():
         set_requires_grad(module, not frozen)
         module.train(not frozen)
+    if not distributed.active():
+        return model
+    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=not config.ctc_weight)
 
 
-def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    import matplotlib
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM); ``checkpoint`` holds the state to resume from."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
-    ax_loss.set(title="train loss", xlabel="epoch")
-    ax_acc.plot(epochs, [h["val_seq_acc"] for h in history], marker="o", label="sequence accuracy")
-    ax_acc.plot(epochs, [h["val_cer"] for h in history], marker="o", label="CER")
-    ax_acc.set(title="validation", xlabel="epoch", ylim=(0, 1))
-    ax_acc.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=100)
-    plt.close(fig)
+    def __init__(self, checkpoint: Path):
+        super().__init__(f"training interrupted; resume with: python main.py --resume {checkpoint}")
+        self.checkpoint = checkpoint
 
 
-def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = None) -> Path:
+@contextmanager
+def stop_requests():
+    """Turn the first SIGINT / SIGTERM into a flag (``event.is_set()``) that the training loop
+    checks after every step, so it can save before exiting; a second Ctrl-C aborts at once."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def request(signum, _frame):
+        event.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(f"\n{signal.Signals(signum).name}: saving last.pt after this step (Ctrl-C again to abort without saving)", flush=True)
+
+    previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield event
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = None, stop_after_steps: int | None = None) -> Path:
     """Train per ``config`` on ``loaders`` (from ``load_data``); returns the run folder.
 
-    ``stop_after_epochs`` stops this call early, as an interruption would, leaving a
-    last.pt that ``config.resume`` continues from.
+    Ctrl-C or SIGTERM saves last.pt at the end of the current step, with the position in
+    the epoch, and raises Interrupted; ``config.resume`` continues from it exactly.
+    ``stop_after_epochs`` / ``stop_after_steps`` make the same request after that many
+    epochs or steps of this call (for tests).
 
-    Each epoch reseeds torch and the shuffling generator from (seed, epoch), so a run
-    resumed from last.pt continues exactly as the uninterrupted run would.
+    Each epoch reseeds torch and the data order from (seed, epoch), and a mid-epoch
+    checkpoint keeps the RNG state and the epoch's running sums, so a resumed run ends
+    with the same weights and metrics rows as an uninterrupted one.
+
+    Under torchrun (distributed.setup) the model is wrapped in DistributedDataParallel,
+    metrics are summed over the processes, and only rank 0 prints and writes files; the
+    checkpoints hold the unwrapped model, so every script loads them unchanged.
     """
     device = get_device(config.device)
+    if device.type == "cuda" and distributed.active():
+        device = torch.device("cuda", torch.cuda.current_device())
+    main_rank = distributed.is_main()
     codec = LabelCodec(config.charset, config.max_len)
     resume = load_checkpoint(config.resume) if config.resume else None
-    run_dir = Path(config.resume).parent if resume else Path(config.out_dir) / (config.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_name = config.run_name or distributed.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run_dir = Path(config.resume).parent if resume else Path(config.out_dir) / run_name
     seed_everything(config.seed)
     model = build_model(config)
+    if main_rank:
+        check_output_dir(run_dir, need_bytes=2 * 4 * 4 * sum(p.numel() for p in model.parameters()) + 2**20)
     if config.pretrained_weights and not resume:
         load_pretrained_backbone(model, config.pretrained_weights)
+    if config.sync_bn and distributed.active():
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif main_rank:
+            print("note: --sync-bn needs CUDA; ignored on this device")
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     train_loader = loaders["train"]
     steps = min(len(train_loader), config.max_steps or len(train_loader))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps, pct_start=0.15)
-    start_epoch, best, history = 0, -1.0, []
+    scaler = grad_scaler(device, config.amp)
+    start_epoch, best, history, partial = 0, -1.0, [], None
     if resume:
-        model.load_state_dict(resume["model"])
+        load_weights(model, resume["model"], config.resume)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        start_epoch, best, history = resume["epoch"] + 1, resume["best_metric"], resume["history"]
+        scaler.load_state_dict(resume.get("scaler") or {})
+        start_epoch, best, history, partial = resume["epoch"] + 1, resume["best_metric"], resume["history"], resume.get("partial")
     frozen_epochs = _pretrain_epochs(config)
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(config.seed * 1000 + epoch)
-        train_loader.generator.manual_seed(config.seed * 1000 + epoch)
-        _set_phase(model, frozen=epoch < frozen_epochs)
-        total_loss, seen, correct, bad, start = 0.0, 0, 0, 0, time.perf_counter()
-        bar = tqdm(train_loader, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
-        for step, (images, targets, n_bad) in enumerate(bar):
-            bad += n_bad
-            if images is None:
-                continue
-            images, targets = images.to(device, memory_format=memory_format), targets.to(device)
-            with autocast(device, config.amp):
-                logits, ctc_logits = model(images, with_ctc=True)
-            loss = recognition_loss(logits.float(), ctc_logits.float(), targets, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(images)
-            seen += len(images)
-            correct += (logits.argmax(-1) == targets).all(dim=1).sum().item()
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-            if step + 1 >= steps:
-                break
-        train_time = time.perf_counter() - start
-        predictions, labels, _, _ = run_inference(model, codec, loaders["val"], config.amp)
-        metrics = sequence_metrics(predictions, labels)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": round(total_loss / max(1, seen), 5),
-            "train_seq_acc": round(correct / max(1, seen), 5),
-            "val_seq_acc": round(metrics["seq_acc"], 5),
-            "val_cer": round(metrics["cer"], 5),
-            "img_per_s": round(seen / train_time, 1),
-            "bad_rows": bad,
-            "lr": round(scheduler.get_last_lr()[0], 7),
-        }
-        history.append(row)
-        print(
-            f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
-            f"val acc {row['val_seq_acc']:.2%}  CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {bad}"
-            + ("  (backbone frozen)" if epoch < frozen_epochs else "")
-        )
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "config": asdict(config) | {"resume": ""},
-            "charset": config.charset,
-            "epoch": epoch,
-            "history": history,
-            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        if metrics["seq_acc"] > best:
-            best = metrics["seq_acc"]
-            save_checkpoint(run_dir / "best.pt", **state, best_metric=best)
-        save_checkpoint(run_dir / "last.pt", **state, best_metric=best)
-        _write_metrics(run_dir, history)
-        if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs:
-            break
+    parts = (model, optimizer, scheduler, scaler)
+    done_steps = 0
+
+    def save(name: str, epoch: int, **extra) -> None:
+        if main_rank:
+            save_checkpoint(run_dir / name, **_state(*parts, config, epoch, history), best_metric=best, **extra)
+
+    with stop_requests() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            torch.manual_seed(config.seed * 1000 + epoch)
+            train_loader.generator.manual_seed(config.seed * 1000 + epoch)
+            train_loader.sampler.set_epoch(epoch)
+            sums = {"loss": 0.0, "seen": 0, "correct": 0, "bad": 0, "seconds": 0.0, "step": 0}
+            if partial:
+                sums = {k: partial[k] for k in sums}
+                torch.set_rng_state(partial["rng"])
+                partial = None
+            train_loader.sampler.skip = sums["step"] * config.batch_size
+            net = _set_phase(model, frozen=epoch < frozen_epochs, config=config)
+            desc = f"epoch {epoch + 1}/{config.epochs}"
+            bar = tqdm(train_loader, total=steps, initial=sums["step"], desc=desc, unit="batch", leave=False, disable=not main_rank)
+            start = time.perf_counter() - sums["seconds"]
+            for images, targets, n_bad in bar:
+                sums["step"] += 1
+                sums["bad"] += n_bad
+                if images is not None:
+                    loss, correct = _train_step(net, parts, images, targets, config, device, memory_format)
+                    sums["loss"] += loss * len(images)
+                    sums["seen"] += len(images)
+                    sums["correct"] += correct
+                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{sums['seen'] / (time.perf_counter() - start):.0f}")
+                done_steps += 1
+                if sums["step"] >= steps:
+                    break
+                if distributed.any_rank(stop.is_set() or done_steps == stop_after_steps):
+                    save("last.pt", epoch - 1, partial=sums | {"seconds": time.perf_counter() - start, "rng": torch.get_rng_state()})
+                    raise Interrupted(run_dir / "last.pt")
+            bar.close()
+            train_time = time.perf_counter() - start
+            predictions, labels, _, _ = run_inference(model, codec, loaders["val"], config.amp)
+            metrics = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
+            loss_sum, seen, correct, bad = distributed.sum_all([sums["loss"], sums["seen"], sums["correct"], sums["bad"]])
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": round(loss_sum / max(1, seen), 5),
+                "train_seq_acc": round(correct / max(1, seen), 5),
+                "val_seq_acc": round(metrics["seq_acc"], 5),
+                "val_cer": round(metrics["cer"], 5),
+                "img_per_s": round(seen / train_time, 1),
+                "bad_rows": int(bad),
+                "lr": round(scheduler.get_last_lr()[0], 7),
+            }
+            history.append(row)
+            if main_rank:
+                print(
+                    f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
+                    f"val acc {row['val_seq_acc']:.2%}  CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {row['bad_rows']}"
+                    + ("  (backbone frozen)" if epoch < frozen_epochs else "")
+                )
+            if metrics["seq_acc"] > best:
+                best = metrics["seq_acc"]
+                save("best.pt", epoch)
+            save("last.pt", epoch)
+            if main_rank:
+                write_history(run_dir, history)
+            asked = stop.is_set() or epoch + 1 - start_epoch == stop_after_epochs or done_steps == stop_after_steps
+            if distributed.any_rank(asked) and epoch + 1 < config.epochs:
+                raise Interrupted(run_dir / "last.pt")
+    if distributed.active():
+        _check_replicas(model)
     return run_dir
+
+
+def _check_replicas(model: nn.Module) -> None:
+    """DistributedDataParallel keeps every process's parameters equal; verify it at the end.
+    (Batch-norm running statistics are rank 0's, broadcast at each forward; checkpoints hold rank 0's.)"""
+    digest = hashlib.sha256()
+    for tensor in model.parameters():
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    digests = distributed.gather_lists([digest.hexdigest()])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"processes ended with different weights: {digests}")
+    if distributed.is_main():
+        print(f"replicas agree: {len(digests)} processes hold identical weights")
+
+
+def _train_step(net, parts, images, targets, config: Config, device, memory_format) -> tuple[float, int]:
+    """One optimisation step on images (B, C, H, W), targets (B, max_len); returns (loss, sequences right)."""
+    model, optimizer, scheduler, scaler = parts
+    images, targets = images.to(device, memory_format=memory_format), targets.to(device)
+    with autocast(device, config.amp):
+        logits, ctc_logits = net(images, with_ctc=True)
+    loss = recognition_loss(logits.float(), ctc_logits.float(), targets, config)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.item(), int((logits.argmax(-1) == targets).all(dim=1).sum())
+
+
+def _state(model, optimizer, scheduler, scaler, config: Config, epoch: int, history: list[dict]) -> dict:
+    """What every checkpoint holds; ``epoch`` is the index of the last completed epoch."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "config": asdict(config) | {"resume": ""},
+        "charset": config.charset,
+        "epoch": epoch,
+        "history": list(history),
+        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

@@ -3,12 +3,13 @@ import dataclasses
 import pytest
 import torch
 
+from checkpoints import load_checkpoint
 from data_loader import load_data
 from labels import LabelCodec
 from model import CNNModel
 from utils import (
+    Interrupted,
     build_model,
-    load_checkpoint,
     load_model,
     load_pretrained_backbone,
     seed_everything,
@@ -54,12 +55,14 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tiny_config):
     assert newest.state_dict().keys() == state.keys()
 
 
-def test_resume_continues_identically(tiny_config):
+def test_resume_between_epochs_continues_identically(tiny_config):
     straight = dataclasses.replace(tiny_config, epochs=3, run_name="straight")
     run = train_model(straight, loaders_for(straight))
     interrupted = dataclasses.replace(straight, run_name="interrupted")
-    part = train_model(interrupted, loaders_for(interrupted), stop_after_epochs=1)
-    assert load_checkpoint(part / "last.pt")["epoch"] == 0
+    with pytest.raises(Interrupted) as stopped:
+        train_model(interrupted, loaders_for(interrupted), stop_after_epochs=1)
+    part = stopped.value.checkpoint.parent
+    assert load_checkpoint(part / "last.pt")["epoch"] == 0 and "partial" not in load_checkpoint(part / "last.pt")
     resumed = dataclasses.replace(interrupted, resume=str(part / "last.pt"))
     train_model(resumed, loaders_for(resumed))
     a, b = load_checkpoint(run / "last.pt"), load_checkpoint(part / "last.pt")

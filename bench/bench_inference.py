@@ -1,0 +1,98 @@
+"""Inference speed and accuracy side by side: PyTorch eager, onnxruntime (float32 and int8
+dynamic quantisation) and ddddocr, on the same fresh captchas, end to end from PNG bytes.
+
+python bench/bench_inference.py                         # newest checkpoint, 512 captchas
+python bench/bench_inference.py --checkpoint saved_models/<run>/best.pt --images 1024
+
+Batch 1 is one image at a time (latency: median milliseconds per image); batch 64 is
+images/s over the whole set. ddddocr (pip install -r requirements-bench.txt) reads one
+image per call, so it has batch-1 figures only; it is not trained on our captchas, so its
+accuracy is shown case-insensitively and only for orientation.
+"""
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine
+
+from captcha_generator import CaptchaStyle, generate_captcha, generate_random_string
+from data_loader import preprocess_image
+from onnx_model import export_onnx, load_onnx, quantize_onnx
+from predict import predict_captcha
+from utils import load_model
+
+
+def fresh_captchas(n: int, seed: int, style: CaptchaStyle) -> tuple[list[bytes], list[str]]:
+    images, labels = [], []
+    for index in range(n):
+        rng = np.random.default_rng([seed, index])
+        label = generate_random_string(rng, style.charset, style.min_len, style.max_len)
+        buf = io.BytesIO()
+        generate_captcha(label, rng, style).save(buf, "PNG")
+        images.append(buf.getvalue())
+        labels.append(label)
+    return images, labels
+
+
+def time_engine(read, images: list[bytes], batch: int) -> tuple[list[str], float, float]:
+    """read(list of PNG bytes) -> texts. Returns (texts, images/s, median ms per call)."""
+    read(images[:batch])  # warm-up
+    texts, calls = [], []
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        t = time.perf_counter()
+        texts += read(images[i : i + batch])
+        calls.append(time.perf_counter() - t)
+    return texts, len(images) / (time.perf_counter() - start), 1000 * statistics.median(calls)
+
+
+def our_reader(model, codec, config):
+    return lambda chunk: [p.text for p in predict_captcha(model, codec, torch.stack([preprocess_image(b, config) for b in chunk]))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
+    p.add_argument("--images", type=int, default=512, help="fresh captchas to read")
+    p.add_argument("--seed", type=int, default=4242, help="generator seed for the captchas")
+    p.add_argument("--no-ddddocr", action="store_true", help="skip ddddocr even when installed")
+    a = p.parse_args()
+    model, codec, config, ckpt = load_model(a.checkpoint)
+    images, labels = fresh_captchas(a.images, a.seed, CaptchaStyle(charset=config.charset, max_len=min(8, config.max_len)))
+    engines = {"PyTorch eager": our_reader(model, codec, config)}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, ckpt, Path(tmp) / "model.onnx")
+        engines["onnxruntime float32"] = our_reader(*load_onnx(fp32)[:3])
+        engines["onnxruntime int8 (dynamic)"] = our_reader(*load_onnx(quantize_onnx(fp32, Path(tmp) / "model.int8.onnx"))[:3])
+        if not a.no_ddddocr:
+            try:
+                import ddddocr
+
+                ocr = ddddocr.DdddOcr(show_ad=False)
+                engines["ddddocr"] = lambda chunk: [ocr.classification(b) for b in chunk]
+            except ImportError:
+                print("ddddocr not installed (pip install -r requirements-bench.txt): skipped")
+        rows = []
+        for name, read in engines.items():
+            texts, rate1, ms1 = time_engine(read, images, 1)
+            rate64 = time_engine(read, images, 64)[1] if name != "ddddocr" else None
+            acc = np.mean([t == y for t, y in zip(texts, labels)])
+            acc_ci = np.mean([t.lower() == y.lower() for t, y in zip(texts, labels)])
+            rows.append((name, rate1, ms1, rate64, acc, acc_ci))
+    print(f"machine: {machine()}, torch threads {torch.get_num_threads()}")
+    print(f"checkpoint: {ckpt['path']} ({config.img_height}x{config.img_width}); {a.images} fresh captchas, seed {a.seed}\n")
+    print("| engine | batch 1 images/s | batch 1 median ms | batch 64 images/s | seq acc | seq acc, case-insensitive |")
+    print("|---|---|---|---|---|---|")
+    for name, rate1, ms1, rate64, acc, acc_ci in rows:
+        batch64 = "-" if rate64 is None else f"{rate64:.0f}"
+        print(f"| {name} | {rate1:.0f} | {ms1:.2f} | {batch64} | {acc:.2%} | {acc_ci:.2%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Checkpoint files: atomic writes, safe loading, finding the newest, and start-up checks.
+
+A checkpoint is a dict of tensors and plain values (model and optimizer state, the
+configuration as a dict, charset, epoch, best metric, history), loaded with
+``weights_only=True`` so that a file from anywhere cannot run code.
+"""
+
+import os
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from config import Config
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint safely (``weights_only=True``: no pickled code runs) onto the CPU."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a safe captcha checkpoint ({type(err).__name__}: {err})") from err
+
+
+def find_latest_checkpoint(out_dir: str | os.PathLike = "saved_models") -> Path:
+    """The most recently written best.pt (or last.pt) under ``out_dir``."""
+    candidates = list(Path(out_dir).glob("*/best.pt")) or list(Path(out_dir).glob("*/last.pt"))
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint in {out_dir}/ yet: train one with `python main.py`")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def config_from_checkpoint(ckpt: dict) -> Config:
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in ckpt["config"].items() if k in known})
+
+
+def load_weights(model: nn.Module, state: dict, source: str) -> None:
+    """load_state_dict that names every missing, unexpected or differently shaped tensor
+    (a checkpoint made for another charset, input size or variant) instead of a traceback."""
+    own = model.state_dict()
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and own[k].shape != v.shape]
+    problems = [f"{k}: {theirs} in the file, {ours} in the model" for k, theirs, ours in shapes]
+    problems += [f"{k}: missing from the file" for k in own.keys() - state.keys()]
+    problems += [f"{k}: not in the model" for k in state.keys() - own.keys()]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"{source}: weights do not fit the model: " + "; ".join(sorted(problems)[:5]) + more)
+    model.load_state_dict(state)
+
+
+def check_output_dir(run_dir: Path, need_bytes: int) -> None:
+    """Fail at start-up, not after an hour, when ``run_dir`` cannot take the checkpoints."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"cannot write checkpoints to {run_dir}: {err.strerror or err}") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < need_bytes:
+        raise OSError(f"only {free / 2**20:.0f} MiB free under {run_dir}; checkpoints need about {need_bytes / 2**20:.0f} MiB")

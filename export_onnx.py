@@ -1,0 +1,58 @@
+"""Export a trained checkpoint to ONNX for onnxruntime (or any ONNX runtime).
+
+python export_onnx.py                                   # newest checkpoint -> model.onnx
+python export_onnx.py --checkpoint saved_models/<run>/best.pt --output captcha.onnx --check 256
+
+The file has a dynamic batch axis and carries the charset, input size and maximum length
+in its metadata, so it is enough on its own to preprocess images and decode predictions.
+"""
+
+import argparse
+
+import pyarrow.parquet as pq
+import torch
+
+from config import Config
+from data_loader import preprocess_image
+from inputs import find_parquet_files
+from onnx_model import export_onnx, load_onnx, quantize_onnx
+from utils import load_model
+
+
+def parity(model: torch.nn.Module, config: Config, onnx_path: str, rows: int) -> tuple[int, int, float]:
+    """Predict the first ``rows`` images of the training data with both models.
+
+    Returns (images compared, images whose text differs, largest probability difference).
+    """
+    onnx_model, _, _, _ = load_onnx(onnx_path)
+    batch = next(pq.ParquetFile(find_parquet_files(config.data)[0]).iter_batches(batch_size=rows, columns=["image"]))
+    images = torch.stack([preprocess_image(r["bytes"], config) for r in batch.column("image").to_pylist()])
+    with torch.no_grad():
+        ref = model(images).softmax(-1)
+    out = onnx_model(images).softmax(-1)
+    return len(images), int((ref.argmax(-1) != out.argmax(-1)).any(dim=1).sum()), float((ref - out).abs().max())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
+    p.add_argument("--output", default="model.onnx", help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p.add_argument("--int8", action="store_true", help="also write an int8 dynamically quantised copy (<output>.int8.onnx)")
+    p.add_argument("--check", type=int, default=64, help="compare PyTorch and onnxruntime on this many training images (0: skip)")
+    a = p.parse_args()
+    try:
+        model, _, config, ckpt = load_model(a.checkpoint)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
+    out = export_onnx(model, ckpt, a.output, a.opset)
+    print(f"exported {ckpt['path']} -> {out}")
+    if a.check:
+        n, differ, diff = parity(model, config, str(out), a.check)
+        print(f"parity on {n} images: {differ} predictions differ, largest probability difference {diff:.2e}")
+    if a.int8:
+        print(f"int8 copy: {quantize_onnx(out, out.with_suffix('.int8.onnx'))} (measure its accuracy before use)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""ONNX export of a trained recognizer, and an onnxruntime model that predict.py can call.
+
+The exported file carries everything needed to use it without the checkpoint: the
+training configuration (charset, maximum length, input size, colour mode) as JSON in
+the model's metadata, plus plain-text notes on preprocessing and on decoding the output.
+onnxruntime is optional: only this module imports it, and only when a file is loaded.
+"""
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from checkpoints import config_from_checkpoint
+from config import Config
+from labels import LabelCodec
+
+PREPROCESS = (
+    "RGB (channels 3) or grayscale (channels 1); resize keeping the aspect ratio to fit img_height x img_width "
+    "(bilinear), centre on a white canvas of exactly that size, then x / 127.5 - 1; layout (batch, channels, height, width) float32"
+)
+DECODE = (
+    "output logits (batch, max_len, 1 + len(charset)); per position take the argmax: class 0 is end/pad, "
+    "class i is charset[i - 1]; the text is the characters before the first class 0; softmax gives confidences"
+)
+
+
+class OnnxModel:
+    """An onnxruntime session with the calling convention of CNNModel in eval mode:
+    images (B, C, H, W) float tensor -> logits (B, max_len, num_classes) tensor."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(["logits"], {"images": images.float().contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+
+def export_onnx(model: torch.nn.Module, ckpt: dict, output: str | os.PathLike, opset: int = 18) -> Path:
+    """Write ``model`` (a CNNModel from ``ckpt``) to ONNX with a dynamic batch axis.
+
+    Input ``images`` (batch, C, H, W) float32; output ``logits`` (batch, max_len, classes).
+    Written to a temporary name and renamed, like checkpoints.
+    """
+    config = config_from_checkpoint(ckpt)
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
+    example = torch.zeros(2, config.channels, config.img_height, config.img_width)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+        opset_version=opset,
+        dynamo=True,
+        verbose=False,
+    )
+    info = {k: ckpt.get(k) for k in ("saved_at", "epoch", "best_metric")} | {"checkpoint": str(ckpt.get("path", ""))}
+    program.model.metadata_props.update(
+        {
+            "config": json.dumps(asdict(config)),
+            "charset": config.charset,
+            "max_len": str(config.max_len),
+            "img_height": str(config.img_height),
+            "img_width": str(config.img_width),
+            "channels": str(config.channels),
+            "preprocess": PREPROCESS,
+            "decode": DECODE,
+            "source": json.dumps(info),
+        }
+    )
+    program.save(str(tmp))
+    os.replace(tmp, output)
+    return output
+
+
+def load_onnx(path: str | os.PathLike, threads: int = 0) -> tuple[OnnxModel, LabelCodec, Config, dict]:
+    """The ONNX counterpart of utils.load_model: (model, codec, config, info dict with 'path')."""
+    model = OnnxModel(path, threads)
+    meta = model.metadata
+    if "config" not in meta:
+        raise ValueError(f"{path}: no 'config' metadata; export it with export_onnx.py")
+    config = config_from_checkpoint({"config": json.loads(meta["config"])})
+    info = json.loads(meta.get("source", "{}")) | {"path": str(path)}
+    return model, LabelCodec(config.charset, config.max_len), config, info
+
+
+def quantize_onnx(source: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """int8 dynamic quantisation of an exported file (weights int8, activations quantised
+    on the fly), keeping its metadata. Check the accuracy it costs with bench_inference.py."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    output = Path(output)
+    tmp = output.with_name(output.name + ".tmp")
+    quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+    model = onnx.load(str(tmp))
+    del model.metadata_props[:]
+    model.metadata_props.extend(onnx.load(str(source), load_external_data=False).metadata_props)
+    onnx.save(model, str(tmp))
+    os.replace(tmp, output)
+    return output

@@ -1,0 +1,70 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data_loader import preprocess_image
+from onnx_model import load_onnx
+from predict import predict_captcha
+from utils import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    result = run("export_onnx.py", "--checkpoint", str(tiny_checkpoint), "--output", str(out), "--check", "32", cwd=out.parent)
+    assert "parity on 32 images: 0 predictions differ" in result.stdout
+    return out
+
+
+def test_onnx_file_alone_rebuilds_the_configuration(exported, tiny_checkpoint):
+    _, codec, config, info = load_onnx(exported)
+    _, _, torch_config, ckpt = load_model(tiny_checkpoint)
+    assert config == torch_config and codec.charset == torch_config.charset
+    assert info["checkpoint"] == str(tiny_checkpoint) and info["best_metric"] == ckpt["best_metric"]
+    meta = {p.key: p.value for p in onnx.load(exported).metadata_props}
+    assert meta["charset"] == config.charset and int(meta["max_len"]) == config.max_len
+    shape = (int(meta["img_height"]), int(meta["img_width"]), int(meta["channels"]))
+    assert shape == (config.img_height, config.img_width, config.channels)
+
+
+def test_onnxruntime_predictions_equal_pytorch_on_every_image(exported, tiny_checkpoint, tiny_parquet):
+    onnx_model, codec, config, _ = load_onnx(exported)
+    model, _, _, _ = load_model(tiny_checkpoint)
+    images = torch.stack([preprocess_image(r["image"]["bytes"], config) for r in pq.read_table(tiny_parquet).to_pylist()])
+    for batch in (images[:1], images[1:8], images):  # the batch axis is dynamic
+        ours, theirs = predict_captcha(model, codec, batch), predict_captcha(onnx_model, codec, batch)
+        assert [p.text for p in ours] == [p.text for p in theirs]
+        assert all(abs(a.confidence - b.confidence) < 1e-4 for a, b in zip(ours, theirs))
+        assert all(abs(x - y) < 1e-4 for a, b in zip(ours, theirs) for x, y in zip(a.char_confidences, b.char_confidences))
+
+
+def test_test_py_from_onnx_writes_the_same_csv_as_from_the_checkpoint(exported, tiny_checkpoint, tiny_parquet, tmp_path):
+    common = ["--parquet", str(tiny_parquet), "--rows", "40", "--grid", "", "--quiet"]
+    run("test.py", "--checkpoint", str(tiny_checkpoint), *common, "--csv", "torch.csv", cwd=tmp_path)
+    out = run("test.py", "--onnx", str(exported), *common, "--csv", "onnx.csv", cwd=tmp_path)
+    assert f"model: {exported}" in out.stdout
+    rows = [list(csv.DictReader(open(tmp_path / name))) for name in ("torch.csv", "onnx.csv")]
+    assert len(rows[0]) == 40 and [r["prediction"] for r in rows[0]] == [r["prediction"] for r in rows[1]]
+    assert all(abs(float(a["confidence"]) - float(b["confidence"])) < 1e-4 for a, b in zip(*rows))
+
+
+def test_an_onnx_file_without_our_metadata_is_refused(exported, tmp_path):
+    bare = onnx.load(exported)
+    del bare.metadata_props[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    with pytest.raises(ValueError, match="no 'config' metadata"):
+        load_onnx(tmp_path / "bare.onnx")
