@@ -80,7 +80,9 @@ def main() -> None:
         raise SystemExit(str(err)) from None
     split = a.split or ("all" if a.data else "test")
     splits = SPLITS if split == "all" else (split,)
-    config = dataclasses.replace(config, data=a.data or config.data, batch_size=a.batch_size, workers=a.workers, limit=a.limit)
+    config = dataclasses.replace(config, batch_size=a.batch_size, workers=a.workers, limit=a.limit)
+    if a.data:
+        config = dataclasses.replace(config, data=a.data, mix="")
     loader, skipped = evaluation_loader(config, codec, splits)
     predictions, labels, confidences, seconds = run_inference(model, codec, loader, progress=True)
     report = full_report(predictions, labels, confidences) | {

@@ -21,11 +21,20 @@ class Config:
     split_ratios: str = _opt("0.9,0.05,0.05", "train,val,test ratios when the data has no split column")
     limit: int = _opt(0, "use at most this many rows of each split (0: all); for smoke runs")
     default_count: int = _opt(50000, "captchas generated into data/ when it holds no parquet file")
+    mix: str = _opt(
+        "",
+        "weights of the --data sources, e.g. 0.3,0.7: each epoch draws that share of its samples from each; "
+        "validation and test use the first source only ('': all --data pooled)",
+    )
+    augment: str = _opt(
+        "auto",
+        "training augmentation (small rotation and shift, warp, colour jitter, blur): on, off, or auto (on below 20,000 training rows)",
+    )
     # model and input
     charset: str = _opt(DEFAULT_CHARSET, "characters the model reads (case-sensitive)")
     max_len: int = _opt(8, "longest label the model can output")
-    img_height: int = _opt(32, "model input height; images keep their aspect ratio and are padded")
-    img_width: int = _opt(96, "model input width")
+    img_height: int = _opt(40, "model input height; images keep their aspect ratio and are padded")
+    img_width: int = _opt(128, "model input width")
     channels: int = _opt(3, "input channels: 3 (RGB) or 1 (grayscale)")
     variant: str = _opt("efficientnet-b0", "EfficientNet variant (efficientnet-b0 ... b7)")
     stages: int = _opt(4, "EfficientNet stages kept (7: all); 4 learns fastest on a CPU budget, see bench/RESULTS.md")
@@ -37,13 +46,13 @@ class Config:
     drop_connect: float = _opt(0.0, "EfficientNet stochastic-depth rate (its own default is 0.2)")
     pretrained_weights: str = _opt("", "local EfficientNet ImageNet state_dict file to start the backbone from")
     # optimisation
-    epochs: int = _opt(10, "training epochs")
+    epochs: int = _opt(7, "training epochs")
     pretrain_epochs: int = _opt(-1, "epochs with the backbone frozen first (-1: 1 with pretrained weights, else 0)")
     batch_size: int = _opt(64, "images per step")
     lr: float = _opt(3e-3, "peak learning rate (AdamW, one-cycle schedule)")
     weight_decay: float = _opt(0.05, "AdamW weight decay")
     label_smoothing: float = _opt(0.05, "cross-entropy label smoothing")
-    ctc_weight: float = _opt(0.5, "weight of the auxiliary CTC loss on the feature columns (0: off)")
+    ctc_weight: float = _opt(1.0, "weight of the auxiliary CTC loss on the feature columns (0: off)")
     grad_clip: float = _opt(2.0, "gradient norm clip (0: off)")
     channels_last: bool = _opt(True, "channels_last memory format (2x faster on CPU here)")
     amp: bool = _opt(False, "mixed precision: bfloat16 autocast where supported, else float16 with a GradScaler (CUDA)")
@@ -55,11 +64,48 @@ class Config:
     out_dir: str = _opt("saved_models", "where run folders are created")
     run_name: str = _opt("", "run folder name (default: a timestamp)")
     resume: str = _opt("", "checkpoint (last.pt) to continue training from")
+    init_from: str = _opt(
+        "", "checkpoint to fine-tune: its model and input settings are used, its charset grows by any new --charset characters"
+    )
+    patience: int = _opt(0, "stop after this many epochs without a better validation accuracy (0: never)")
     max_steps: int = _opt(0, "stop after this many steps per epoch (0: full epochs); for smoke runs")
 
     @property
     def ratios(self) -> tuple[float, float, float]:
         return tuple(float(r) for r in self.split_ratios.split(","))
+
+    @property
+    def mix_weights(self) -> list[float] | None:
+        """One weight per --data source (normalised), or None when the sources are pooled."""
+        if not self.mix:
+            return None
+        weights = [float(w) for w in self.mix.split(",")]
+        if len(weights) != len(self.data) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"--mix {self.mix!r}: give one non-negative weight per --data source ({len(self.data)})")
+        return [w / sum(weights) for w in weights]
+
+
+# settings that fix the model's shape; fine-tuning (--init-from) takes them from the checkpoint
+MODEL_FIELDS = (
+    "max_len",
+    "img_height",
+    "img_width",
+    "channels",
+    "variant",
+    "stages",
+    "width_mult",
+    "depth_mult",
+    "width_strides",
+    "head_dim",
+)
+
+
+def finetune_config(base: Config, asked: Config) -> Config:
+    """``asked`` with the model settings of the checkpoint's config ``base``; the charset is
+    the checkpoint's, extended by any characters of ``asked.charset`` it lacks."""
+    wanted = asked.charset if asked.charset != DEFAULT_CHARSET else ""  # grow only when --charset was given
+    grown = base.charset + "".join(dict.fromkeys(c for c in wanted if c not in base.charset))
+    return replace(asked, charset=grown, **{name: getattr(base, name) for name in MODEL_FIELDS})
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

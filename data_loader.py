@@ -85,19 +85,23 @@ class CaptchaDataset(Dataset):
     An image that fails to decode yields ``None``; ``collate_skipping_bad`` drops and counts it.
     """
 
-    def __init__(self, tables: list[pa.Table], rows: np.ndarray, labels: list[str], config: Config, codec: LabelCodec):
+    def __init__(self, tables: list[pa.Table], rows: np.ndarray, labels: list[str], config: Config, codec: LabelCodec, augment=None):
         self.tables, self.rows, self.labels, self.codec, self.config = tables, rows, labels, codec, config
+        self.augment = augment  # a PIL -> PIL transform for training, or None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def image_bytes(self, index: int) -> bytes:
-        file_index, row = self.rows[index]
+        file_index, row, _ = self.rows[index]
         return self.tables[file_index]["image"][int(row)].as_py()
 
     def __getitem__(self, index: int):
         try:
-            image = preprocess_image(self.image_bytes(index), self.config)
+            image = decode_image(self.image_bytes(index), self.config.channels)
+            if self.augment is not None:
+                image = self.augment(image)
+            image = preprocess_image(image, self.config)
         except Exception:
             return None
         return image, self.codec.encode(self.labels[index])
@@ -115,13 +119,17 @@ def collate_skipping_bad(items):
 def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
     """Memory-map every parquet file of ``config.data`` and sort its rows into splits.
 
-    Returns (tables, {split: (rows (N, 2) int64 of (file, row), labels)}, skipped counts by reason).
+    With ``config.mix`` each --data entry is a source of its own, numbered in order;
+    otherwise they are pooled as source 0. Returns (tables, {split: (rows (N, 3) int64 of
+    (file, row, source), labels)}, skipped counts by reason).
     """
-    files = find_parquet_files(config.data)
-    if not files:
-        raise FileNotFoundError(f"no parquet files found in {config.data}")
+    sources = [[entry] for entry in config.data] if config.mix_weights else [config.data]
+    files = [(path, source) for source, entries in enumerate(sources) for path in find_parquet_files(entries)]
+    missing = [entries for source, entries in enumerate(sources) if all(s != source for _, s in files)]
+    if missing:
+        raise FileNotFoundError(f"no parquet files found in {missing[0]}")
     tables, split_rows, skipped = [], {s: ([], []) for s in SPLITS}, {}
-    for file_index, path in enumerate(files):
+    for file_index, (path, source) in enumerate(files):
         if open_parquet(path).metadata.num_rows == 0:  # open_parquet also checks the columns
             tables.append(None)  # keeps file indices aligned; no row refers to it
             continue
@@ -137,38 +145,79 @@ def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
                 skipped[problem] = skipped.get(problem, 0) + 1
                 continue
             split = splits[row] if splits else split_of(images[row].as_py() or b"", config.ratios)
-            split_rows[split][0].append((file_index, row))
+            split_rows[split][0].append((file_index, row, source))
             split_rows[split][1].append(label)
-    out = {s: (np.asarray(r, dtype=np.int64).reshape(-1, 2), lab) for s, (r, lab) in split_rows.items()}
+    out = {s: (np.asarray(r, dtype=np.int64).reshape(-1, 3), lab) for s, (r, lab) in split_rows.items()}
     return tables, out, skipped
 
 
 class EpochSampler(DistributedSampler):
     """The training order: DistributedSampler's seeded shuffle, reshuffled by ``set_epoch``
     (one replica, or this process's share under torchrun), that can start an epoch
-    ``skip`` indices in, so a run resumed mid-epoch gets exactly the batches it had left."""
+    ``skip`` indices in, so a run resumed mid-epoch gets exactly the batches it had left.
 
-    def __init__(self, dataset: Dataset, seed: int):
+    With ``mix`` (one weight per source) each epoch's positions are mapped through a table
+    that holds round(weight x len) indices of each source (a source smaller than its share
+    is repeated, a larger one subsampled afresh every epoch).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, sources: np.ndarray | None = None, mix: list[float] | None = None):
         super().__init__(dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True, seed=seed)
-        self.skip = 0
+        self.sources, self.mix, self.skip = sources, mix, 0
+
+    def mix_table(self) -> np.ndarray:
+        """This epoch's dataset index for each position (length len(dataset))."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        total = len(self.sources)
+        counts = np.floor(np.asarray(self.mix) * total).astype(int)
+        counts[np.argmax(self.mix)] += total - counts.sum()
+        picks = [np.resize(rng.permutation(np.flatnonzero(self.sources == s)), n) for s, n in enumerate(counts) if n]
+        return np.concatenate(picks)
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
+        positions = itertools.islice(super().__iter__(), self.skip, None)
+        if self.mix is None:
+            return positions
+        table = self.mix_table()
+        return (int(table[p]) for p in positions)
 
     def __len__(self) -> int:
         return super().__len__() - self.skip
 
 
 def _loader(dataset: CaptchaDataset, config: Config, shuffle: bool) -> DataLoader:
+    sampler = EpochSampler(dataset, config.seed, dataset.rows[:, 2], config.mix_weights) if shuffle else None
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        sampler=EpochSampler(dataset, config.seed) if shuffle else None,
+        sampler=sampler,
         drop_last=shuffle and len(dataset) > config.batch_size,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
         collate_fn=collate_skipping_bad,
         generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
+AUGMENT_BELOW = 20000
+
+
+def augmentation(config: Config, train_rows: int):
+    """The training augmentation (torchvision, on PIL images) per ``config.augment``, or None.
+
+    Mild on purpose: a captcha is still readable after it, and the label still true.
+    """
+    if config.augment == "off" or (config.augment == "auto" and train_rows >= AUGMENT_BELOW):
+        return None
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RandomApply([v2.RandomAffine(degrees=4, translate=(0.03, 0.06), scale=(0.92, 1.05), shear=6, fill=255)], p=0.7),
+            v2.RandomApply([v2.ElasticTransform(alpha=8.0, sigma=4.0, fill=255)], p=0.3),
+            v2.RandomApply([v2.ColorJitter(0.3, 0.3, 0.3, 0.05)], p=0.5),
+            v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 0.9))], p=0.3),
+        ]
     )
 
 
@@ -183,11 +232,15 @@ def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) 
     tables, splits, skipped = read_rows(config, codec, cache_dir)
     loaders: dict = {"skipped": skipped}
     for name, (rows, labels) in splits.items():
+        if name != "train" and config.mix_weights:  # measure on the first source, the one the user cares about
+            keep = rows[:, 2] == 0
+            rows, labels = rows[keep], [label for label, k in zip(labels, keep) if k]
         if config.limit:
             rows, labels = rows[: config.limit], labels[: config.limit]
         if name != "train" and distributed.world_size() > 1:  # each process validates its share
             rows, labels = rows[distributed.rank() :: distributed.world_size()], labels[distributed.rank() :: distributed.world_size()]
-        loaders[name] = _loader(CaptchaDataset(tables, rows, labels, config, codec), config, shuffle=name == "train")
+        augment = augmentation(config, len(rows)) if name == "train" else None
+        loaders[name] = _loader(CaptchaDataset(tables, rows, labels, config, codec, augment), config, shuffle=name == "train")
     if len(loaders["train"].dataset) == 0:
         raise ValueError(f"no trainable rows in {config.data} (skipped: {skipped})")
     return loaders
@@ -198,6 +251,9 @@ def evaluation_loader(config: Config, codec: LabelCodec, splits: tuple[str, ...]
     tables, by_split, skipped = read_rows(config, codec)
     rows = np.concatenate([by_split[s][0] for s in splits])
     labels = [label for s in splits for label in by_split[s][1]]
+    if config.mix_weights and splits != ("train",):  # as in training: measured on the first source
+        keep = rows[:, 2] == 0
+        rows, labels = rows[keep], [label for label, k in zip(labels, keep) if k]
     order = np.lexsort((rows[:, 1], rows[:, 0]))  # file order, whatever the splits
     rows, labels = rows[order], [labels[i] for i in order]
     if config.limit:

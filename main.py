@@ -12,7 +12,7 @@ from pathlib import Path
 import distributed
 from captcha_generator import CaptchaStyle, generate_captcha_data
 from checkpoints import config_from_checkpoint, load_checkpoint
-from config import Config, add_config_args, config_from_args, resumed_config
+from config import Config, add_config_args, config_from_args, finetune_config, resumed_config
 from data_loader import load_data
 from inputs import find_parquet_files
 from labels import LabelCodec
@@ -33,11 +33,14 @@ def main() -> None:
 
 def train(config: Config) -> None:
     say = print if distributed.is_main() else lambda *_: None
-    if config.resume:
-        try:
+    try:
+        if config.resume:
             config = resumed_config(config_from_checkpoint(load_checkpoint(config.resume)), config)
-        except (ValueError, FileNotFoundError) as err:
-            raise SystemExit(f"main.py: {err}") from None
+        elif config.init_from:
+            config = finetune_config(config_from_checkpoint(load_checkpoint(config.init_from)), config)
+        _ = config.mix_weights  # checks --mix against --data before any work
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"main.py: {err}") from None
     codec = LabelCodec(config.charset, config.max_len)
     with distributed.main_rank_first():  # rank 0 generates data and builds the Arrow caches once
         if not find_parquet_files(config.data) and config.data == ["data"]:

@@ -107,6 +107,29 @@ def load_pretrained_backbone(model: CNNModel, path: str) -> int:
     return len(usable)
 
 
+CLASS_ROWS = ("classifier.1.weight", "classifier.1.bias", "ctc_classifier.weight", "ctc_classifier.bias")
+
+
+def init_from_checkpoint(model: CNNModel, ckpt: dict, config: Config) -> int:
+    """Start ``model`` from a trained checkpoint (fine-tuning) and return how many classes are new.
+
+    Every tensor is copied; the per-class rows of the two classifiers are copied character
+    by character, so a charset grown by finetune_config keeps all it had learnt and only
+    its new characters start from scratch.
+    """
+    old = config_from_checkpoint(ckpt).charset
+    source = [0] + [old.index(c) + 1 if c in old else -1 for c in config.charset]  # new class -> old class
+    state = dict(ckpt["model"])
+    for name in CLASS_ROWS:
+        rows = model.state_dict()[name].clone()
+        for new, old_class in enumerate(source):
+            if old_class >= 0:
+                rows[new] = state[name][old_class]
+        state[name] = rows
+    load_weights(model, state, config.init_from)
+    return source.count(-1)
+
+
 def _pretrain_epochs(config: Config) -> int:
     if config.pretrain_epochs >= 0:
         return config.pretrain_epochs
@@ -188,6 +211,10 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
         check_output_dir(run_dir, need_bytes=2 * 4 * 4 * sum(p.numel() for p in model.parameters()) + 2**20)
     if config.pretrained_weights and not resume:
         load_pretrained_backbone(model, config.pretrained_weights)
+    if config.init_from and not resume:
+        new = init_from_checkpoint(model, load_checkpoint(config.init_from), config)
+        if main_rank:
+            print(f"fine-tuning from {config.init_from} ({new} new characters)")
     if config.sync_bn and distributed.active():
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -276,6 +303,11 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
             asked = stop.is_set() or epoch + 1 - start_epoch == stop_after_epochs or done_steps == stop_after_steps
             if distributed.any_rank(asked) and epoch + 1 < config.epochs:
                 raise Interrupted(run_dir / "last.pt")
+            since_best = len(history) - 1 - max(range(len(history)), key=lambda i: history[i]["val_seq_acc"])
+            if config.patience and since_best >= config.patience:
+                if main_rank:
+                    print(f"early stop: no better validation accuracy for {since_best} epochs (--patience {config.patience})")
+                break
     if distributed.active():
         _check_replicas(model)
     return run_dir

@@ -34,7 +34,7 @@ def main() -> None:
             shutil.copyfile(shard, inputs[-1])
         total = sum(f.stat().st_size for f in inputs)
         cmd = [sys.executable, "make_dataset.py", str(tmp / "in"), "--output", str(tmp / "out.parquet"), "--workers", str(a.workers)]
-        seconds, peak_rss, peak_pss = run_measuring_tree_rss(cmd)
+        seconds, peak_rss, peak_pss, _, _ = run_measuring_tree_rss(cmd)
     print(f"machine: {machine()}")
     print(
         f"make_dataset: {total / 2**30:.2f} GiB in {len(inputs)} files in {seconds:.1f} s = {total / 2**20 / seconds:.1f} MiB/s, "

@@ -4,6 +4,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,18 +24,28 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}"
 
 
-def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float, float, float]:
-    """Run ``cmd``; return (seconds, peak RSS, peak PSS) in MiB of the process plus all its children.
+def _anon_bytes(pid: int) -> int:
+    """RssAnon: the process's anonymous (heap, not file-backed) resident memory."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
+def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float, float, float, float, str]:
+    """Run ``cmd``; return (seconds, peak RSS, peak PSS, peak anonymous memory, all in MiB, and
+    its stdout) for the process plus all its children.
 
     RSS counts pages shared between forked processes once per process; PSS splits them
-    between the sharers, so the PSS sum is the tree's real footprint.
+    between the sharers, so the PSS sum is the tree's real footprint. Both include pages of
+    memory-mapped files that were read; the anonymous sum leaves those out (the page cache
+    can drop them at any time).
     """
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    peak = peak_pss = 0
+    out = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out)
+    peak = peak_pss = peak_anon = 0
     stop = threading.Event()
 
     def sample():
-        nonlocal peak, peak_pss
+        nonlocal peak, peak_pss, peak_anon
         parent = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
@@ -42,7 +53,8 @@ def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float
                 infos = [p.memory_full_info() for p in tree]
                 peak = max(peak, sum(i.rss for i in infos))
                 peak_pss = max(peak_pss, sum(i.pss for i in infos))
-            except psutil.Error:
+                peak_anon = max(peak_anon, sum(_anon_bytes(p.pid) for p in tree))
+            except (psutil.Error, OSError, StopIteration):
                 pass
             time.sleep(interval)
 
@@ -53,6 +65,7 @@ def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float
     elapsed = time.perf_counter() - start
     stop.set()
     sampler.join()
+    out.seek(0)
     if code:
         raise SystemExit(f"{cmd} failed with exit code {code}")
-    return elapsed, peak / 2**20, peak_pss / 2**20
+    return elapsed, peak / 2**20, peak_pss / 2**20, peak_anon / 2**20, out.read()

@@ -1,0 +1,93 @@
+"""Few labelled captchas of a new style: training from scratch vs fine-tuning the
+generated-data model vs mixing, each with the same CPU time budget.
+
+    pip install -r requirements-bench.txt
+    python bench/bench_few_shot.py --base saved_models/<run>/best.pt --sizes 500 1000 5000 --minutes 3
+
+The new style is the `captcha` package's ImageCaptcha (bench/third_party_captchas.py),
+which our generator does not make. For each training-set size the three methods run
+main.py with the same number of optimisation steps (the budget divided by the measured
+time per step), then accuracy_calculator.py scores each on the same 2,000 test captchas.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from common import ROOT, machine
+from third_party_captchas import write_third_party
+
+METHODS = ("scratch", "fine-tune", "mix")
+
+
+def train(method: str, small: Path, generated: Path, base: str, steps: int, out: Path, batch: int) -> Path:
+    """Run main.py for ``steps`` optimisation steps; returns the best checkpoint."""
+    rows = pq.read_metadata(small).num_rows
+    cmd = [sys.executable, str(ROOT / "main.py"), "--out-dir", str(out), "--run-name", method, "--batch-size", str(batch)]
+    cmd += ["--split-ratios", "0.9,0.1,0", "--augment", "on", "--workers", "2"]
+    if method == "fine-tune":
+        cmd += ["--init-from", base, "--data", str(small), "--lr", "5e-4"]
+    elif method == "mix":
+        cmd += ["--data", str(small), str(generated), "--mix", "0.5,0.5"]
+        rows *= 2  # an epoch of the mix is as long as both sources together; the step budget is what counts
+    else:
+        cmd += ["--data", str(small)]
+    per_epoch = max(1, int(rows * 0.9) // batch)
+    epochs = max(1, round(steps / per_epoch))
+    subprocess.run(cmd + ["--epochs", str(epochs)], check=True, capture_output=True, text=True)
+    return out / method / "best.pt"
+
+
+def score(checkpoint: Path, test: Path, out: Path) -> dict:
+    report = out / f"{checkpoint.parent.name}.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "accuracy_calculator.py"),
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(test),
+        "--json",
+        str(report),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return json.loads(report.read_text())["case_sensitive"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="the generated-data checkpoint to fine-tune (python main.py)")
+    p.add_argument("--generated", default="data/generated.parquet", help="generated captchas for the mix")
+    p.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 5000], help="labelled training-set sizes")
+    p.add_argument("--test", type=int, default=2000, help="test captchas of the new style")
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget per cell")
+    p.add_argument("--images-per-s", type=float, default=210.0, help="measured training speed, to turn minutes into steps")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    a = p.parse_args()
+    steps = max(1, int(a.minutes * 60 * a.images_per_s / a.batch_size))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001)
+        for size in a.sizes:
+            small = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size)
+            for method in METHODS:
+                start = time.perf_counter()
+                best = train(method, small, Path(a.generated), a.base, steps, tmp / f"runs{size}", a.batch_size)
+                minutes = (time.perf_counter() - start) / 60
+                rows.append((size, method, minutes, score(best, test, tmp)))
+                print(f"{size} {method}: {rows[-1][3]['seq_acc']:.2%} in {minutes:.1f} min", flush=True)
+    print(f"\nmachine: {machine()}; {steps} steps of {a.batch_size} per cell; test: {a.test} ImageCaptcha captchas\n")
+    print("| labelled images | method | minutes | seq acc | CER |")
+    print("|---|---|---|---|---|")
+    for size, method, minutes, r in rows:
+        print(f"| {size} | {method} | {minutes:.1f} | {r['seq_acc']:.2%} | {r['cer']:.2%} |")
+
+
+if __name__ == "__main__":
+    main()

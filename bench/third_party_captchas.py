@@ -1,0 +1,55 @@
+"""Captchas of a style our generator does not make: the `captcha` package from PyPI
+(ImageCaptcha), written into the shared parquet schema.
+
+    pip install -r requirements-bench.txt
+    python bench/third_party_captchas.py --count 2000 --output third_party.parquet --seed 1
+"""
+
+import argparse
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from common import machine  # noqa: F401  (puts the repository on sys.path)
+from tqdm import tqdm
+
+from captcha_generator import SCHEMA, TEXT_TEMPLATE, generate_random_string
+from labels import DEFAULT_CHARSET
+
+
+def write_third_party(count: int, output: str | Path, seed: int, min_len: int = 4, max_len: int = 8, charset: str = DEFAULT_CHARSET):
+    """Write ``count`` ImageCaptcha captchas (150x50), labels drawn like ours; deterministic per seed. Returns the path."""
+    from captcha.image import ImageCaptcha
+
+    writer = ImageCaptcha(width=150, height=50)
+    rows = {"bytes": [], "path": [], "text": []}
+    for index in tqdm(range(count), desc="third-party captchas", unit="img", leave=False):
+        rng = np.random.default_rng([seed, index])
+        label = generate_random_string(rng, charset, min_len, max_len)
+        random.seed(f"{seed}-{index}")  # ImageCaptcha draws from the random module
+        buf = io.BytesIO()
+        writer.generate_image(label).save(buf, "PNG")
+        rows["bytes"].append(buf.getvalue())
+        rows["path"].append(f"tp-{index:08d}.png")
+        rows["text"].append(TEXT_TEMPLATE.format(label))
+    images = pa.StructArray.from_arrays([pa.array(rows["bytes"], pa.binary()), pa.array(rows["path"])], names=["bytes", "path"])
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays([images, pa.array(rows["text"])], schema=SCHEMA), output)
+    return output
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, default=2000, help="captchas to write")
+    p.add_argument("--output", default="third_party.parquet", help="parquet file to write")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
+    a = p.parse_args()
+    print(f"wrote {write_third_party(a.count, a.output, a.seed)}")
+
+
+if __name__ == "__main__":
+    main()
