@@ -106,10 +106,10 @@ def test_main_reports_an_unwritable_output_folder_without_a_traceback(tiny_parqu
 
 def test_resume_refuses_changed_training_settings_by_name():
     saved = Config(charset="abc", img_width=96, epochs=3)
-    asked = Config(charset="abcd", img_width=128, workers=0, resume="x/last.pt")
+    asked = Config(charset="abcd", img_width=160, workers=0, resume="x/last.pt")
     with pytest.raises(ValueError) as err:
         resumed_config(saved, asked)
-    assert "--charset 'abcd' (checkpoint: 'abc')" in str(err.value) and "--img-width 128 (checkpoint: 96)" in str(err.value)
+    assert "--charset 'abcd' (checkpoint: 'abc')" in str(err.value) and "--img-width 160 (checkpoint: 96)" in str(err.value)
     merged = resumed_config(saved, Config(workers=0, resume="x/last.pt"))
     assert merged == dataclasses.replace(saved, workers=0, resume="x/last.pt")
 
