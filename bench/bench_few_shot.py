@@ -34,12 +34,12 @@ def train(method: str, small: Path, generated: Path, base: str, steps: int, out:
         cmd += ["--init-from", base, "--data", str(small), "--lr", "5e-4"]
     elif method == "mix":
         cmd += ["--data", str(small), str(generated), "--mix", "0.5,0.5"]
-        rows *= 2  # an epoch of the mix is as long as both sources together; the step budget is what counts
     else:
         cmd += ["--data", str(small)]
-    per_epoch = max(1, int(rows * 0.9) // batch)
+    per_epoch = max(1, int(rows * 0.9) // batch)  # a mix epoch is cut to the same length (--max-steps)
     epochs = max(1, round(steps / per_epoch))
-    subprocess.run(cmd + ["--epochs", str(epochs)], check=True, capture_output=True, text=True)
+    cmd += ["--epochs", str(epochs), "--max-steps", str(per_epoch)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out / method / "best.pt"
 
 
@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=3.0, help="training budget per cell")
     p.add_argument("--images-per-s", type=float, default=210.0, help="measured training speed, to turn minutes into steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="which methods to run")
     a = p.parse_args()
     steps = max(1, int(a.minutes * 60 * a.images_per_s / a.batch_size))
     rows = []
@@ -76,7 +77,7 @@ def main() -> None:
         test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001)
         for size in a.sizes:
             small = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size)
-            for method in METHODS:
+            for method in a.methods:
                 start = time.perf_counter()
                 best = train(method, small, Path(a.generated), a.base, steps, tmp / f"runs{size}", a.batch_size)
                 minutes = (time.perf_counter() - start) / 60

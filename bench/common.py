@@ -27,7 +27,7 @@ def machine() -> str:
 def _anon_bytes(pid: int) -> int:
     """RssAnon: the process's anonymous (heap, not file-backed) resident memory."""
     with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+        return next((int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:")), 0)
 
 
 def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float, float, float, float, str]:

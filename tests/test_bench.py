@@ -32,3 +32,32 @@ def test_bench_inference_runs(tiny_checkpoint):
 def test_bench_large_dataset_runs():
     out = run("bench/bench_large_dataset.py", "--rows", "300", "--unique", "100", "--steps", "2", "--workers", "1")
     assert out.count("first training batch ready") == 2 and "images/s" in out and "anonymous memory" in out
+
+
+def test_third_party_captchas_are_in_the_shared_schema(tmp_path):
+    import pyarrow.parquet as pq
+
+    from captcha_generator import SCHEMA
+    from labels import parse_label
+
+    run("bench/third_party_captchas.py", "--count", "5", "--output", str(tmp_path / "tp.parquet"), "--seed", "3")
+    table = pq.read_table(tmp_path / "tp.parquet")
+    assert table.schema.equals(SCHEMA) and table.num_rows == 5
+    assert all(4 <= len(parse_label(t)) <= 8 for t in table["text"].to_pylist())
+
+
+def test_bench_few_shot_runs(tiny_parquet, tmp_path):
+    from conftest import make_tiny_config
+
+    from data_loader import load_data
+    from labels import DEFAULT_CHARSET, LabelCodec
+    from utils import train_model
+
+    config = make_tiny_config(tiny_parquet, tmp_path, charset=DEFAULT_CHARSET, max_len=8, epochs=1, max_steps=1)
+    base = train_model(config, load_data(config, LabelCodec(config.charset, config.max_len))) / "best.pt"
+    out = run(
+        "bench/bench_few_shot.py", "--base", str(base), "--generated", str(tiny_parquet), "--sizes", "30", "--test", "10",
+        "--minutes", "0.01", "--batch-size", "8",
+    )  # fmt: skip
+    for method in ("scratch", "fine-tune", "mix"):
+        assert f"| 30 | {method} |" in out
