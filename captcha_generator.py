@@ -163,7 +163,8 @@ def generate_captcha(text: str, rng: np.random.Generator, style: CaptchaStyle) -
     return elastic_transform(img, rng, style.warp)
 
 
-def _render_rows(seed: int, start: int, stop: int, style: CaptchaStyle) -> list[tuple[bytes, str, str]]:
+def render_rows(seed: int, start: int, stop: int, style: CaptchaStyle) -> list[tuple[bytes, str, str]]:
+    """Captchas ``start`` to ``stop - 1`` of ``seed`` as (PNG bytes, file name, text) rows."""
     rows = []
     for index in range(start, stop):
         rng = np.random.default_rng([seed, index])
@@ -204,7 +205,7 @@ def generate_captcha_data(
     tmp = output.with_name(output.name + ".tmp")
     chunks = ((seed, start, min(start + row_group, count), style) for start in range(0, count, row_group))
     with pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=count, unit="img", desc="generating") as bar:
-        for rows in ordered_map(_render_rows, chunks, workers):
+        for rows in ordered_map(render_rows, chunks, workers):
             writer.write_table(_to_table(rows))
             bar.update(len(rows))
     os.replace(tmp, output)

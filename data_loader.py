@@ -63,18 +63,16 @@ def _arrow_cache(parquet: Path, cache_dir: Path) -> Path:
         return target
     source = open_parquet(parquet)
     columns = [c for c in ("image", "text", "label", "split") if c in source.schema_arrow.names]
+
+    def image_bytes_only(table: pa.Table) -> pa.Table:  # the image struct {bytes, path} -> its bytes
+        return table.set_column(0, "image", pc.struct_field(table["image"], "bytes"))
+
+    schema = image_bytes_only(source.schema_arrow.empty_table().select(columns)).schema  # also right for 0 rows
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink:
-        writer = None
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for batch in source.iter_batches(batch_size=4096, columns=columns):
-            table = pa.Table.from_batches([batch])
-            table = table.set_column(0, "image", pc.struct_field(table["image"], "bytes"))
-            if writer is None:
-                writer = pa.ipc.new_file(sink, table.schema)
-            writer.write_table(table)
-        if writer is not None:
-            writer.close()
+            writer.write_table(image_bytes_only(pa.Table.from_batches([batch])))
     os.replace(tmp, target)
     return target
 
@@ -98,9 +96,8 @@ class CaptchaDataset(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            image = decode_image(self.image_bytes(index), self.config.channels)
-            if self.augment is not None:
-                image = self.augment(image)
+            data = self.image_bytes(index)
+            image = data if self.augment is None else self.augment(decode_image(data, self.config.channels))
             image = preprocess_image(image, self.config)
         except Exception:
             return None
@@ -130,9 +127,6 @@ def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
         raise FileNotFoundError(f"no parquet files found in {missing[0]}")
     tables, split_rows, skipped = [], {s: ([], []) for s in SPLITS}, {}
     for file_index, (path, source) in enumerate(files):
-        if open_parquet(path).metadata.num_rows == 0:  # open_parquet also checks the columns
-            tables.append(None)  # keeps file indices aligned; no row refers to it
-            continue
         arrow = _arrow_cache(path, cache_dir or path.parent / ".cache")
         table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
         tables.append(table)
@@ -157,8 +151,9 @@ class EpochSampler(DistributedSampler):
     ``skip`` indices in, so a run resumed mid-epoch gets exactly the batches it had left.
 
     With ``mix`` (one weight per source) each epoch's positions are mapped through a table
-    that holds round(weight x len) indices of each source (a source smaller than its share
-    is repeated, a larger one subsampled afresh every epoch).
+    that holds floor(weight x len) indices of each source, the remainder going to the
+    heaviest (a source smaller than its share is repeated, a larger one subsampled afresh
+    every epoch).
     """
 
     def __init__(self, dataset: Dataset, seed: int, sources: np.ndarray | None = None, mix: list[float] | None = None):
@@ -199,6 +194,12 @@ def _loader(dataset: CaptchaDataset, config: Config, shuffle: bool) -> DataLoade
     )
 
 
+def _first_source(rows: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The rows (and labels) of source 0: mixed runs validate and test on the source the user cares about."""
+    keep = rows[:, 2] == 0
+    return rows[keep], [label for label, k in zip(labels, keep) if k]
+
+
 AUGMENT_BELOW = 20000
 
 
@@ -232,9 +233,8 @@ def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) 
     tables, splits, skipped = read_rows(config, codec, cache_dir)
     loaders: dict = {"skipped": skipped}
     for name, (rows, labels) in splits.items():
-        if name != "train" and config.mix_weights:  # measure on the first source, the one the user cares about
-            keep = rows[:, 2] == 0
-            rows, labels = rows[keep], [label for label, k in zip(labels, keep) if k]
+        if name != "train" and config.mix_weights:
+            rows, labels = _first_source(rows, labels)
         if config.limit:
             rows, labels = rows[: config.limit], labels[: config.limit]
         if name != "train" and distributed.world_size() > 1:  # each process validates its share
@@ -251,9 +251,8 @@ def evaluation_loader(config: Config, codec: LabelCodec, splits: tuple[str, ...]
     tables, by_split, skipped = read_rows(config, codec)
     rows = np.concatenate([by_split[s][0] for s in splits])
     labels = [label for s in splits for label in by_split[s][1]]
-    if config.mix_weights and splits != ("train",):  # as in training: measured on the first source
-        keep = rows[:, 2] == 0
-        rows, labels = rows[keep], [label for label, k in zip(labels, keep) if k]
+    if config.mix_weights and splits != ("train",):  # as in training
+        rows, labels = _first_source(rows, labels)
     order = np.lexsort((rows[:, 1], rows[:, 0]))  # file order, whatever the splits
     rows, labels = rows[order], [labels[i] for i in order]
     if config.limit:

@@ -9,12 +9,11 @@ in its metadata, so it is enough on its own to preprocess images and decode pred
 
 import argparse
 
-import pyarrow.parquet as pq
 import torch
 
 from config import Config
 from data_loader import preprocess_image
-from inputs import find_parquet_files
+from inputs import find_parquet_files, open_parquet
 from onnx_model import export_onnx, load_onnx, quantize_onnx
 from utils import load_model
 
@@ -25,7 +24,7 @@ def parity(model: torch.nn.Module, config: Config, onnx_path: str, rows: int) ->
     Returns (images compared, images whose text differs, largest probability difference).
     """
     onnx_model, _, _, _ = load_onnx(onnx_path)
-    batch = next(pq.ParquetFile(find_parquet_files(config.data)[0]).iter_batches(batch_size=rows, columns=["image"]))
+    batch = next(open_parquet(find_parquet_files(config.data)[0]).iter_batches(batch_size=rows, columns=["image"]))
     images = torch.stack([preprocess_image(r["bytes"], config) for r in batch.column("image").to_pylist()])
     with torch.no_grad():
         ref = model(images).softmax(-1)

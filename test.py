@@ -11,12 +11,12 @@ import csv
 import dataclasses
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from data_loader import preprocess_image
 from device import get_device
+from inputs import open_parquet
 from labels import parse_label
 from predict import predict_captcha
 from utils import load_recognizer
@@ -40,7 +40,7 @@ def collect_examples(paths: list[str], parquet: str | None, rows: int) -> list[E
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         examples += [Example(str(f), f.read_bytes()) for f in files]
     if parquet:
-        table = pq.ParquetFile(parquet).iter_batches(batch_size=rows, columns=["image", "text"])
+        table = open_parquet(parquet).iter_batches(batch_size=rows, columns=["image", "text"])
         batch = next(table).to_pylist()
         examples += [Example(f"{parquet}#{i}", (r["image"] or {}).get("bytes") or b"", parse_label(r["text"])) for i, r in enumerate(batch)]
     return examples

@@ -119,9 +119,9 @@ def init_from_checkpoint(model: CNNModel, ckpt: dict, config: Config) -> int:
     """
     old = config_from_checkpoint(ckpt).charset
     source = [0] + [old.index(c) + 1 if c in old else -1 for c in config.charset]  # new class -> old class
-    state = dict(ckpt["model"])
+    state, own = dict(ckpt["model"]), model.state_dict()
     for name in CLASS_ROWS:
-        rows = model.state_dict()[name].clone()
+        rows = own[name].clone()
         for new, old_class in enumerate(source):
             if old_class >= 0:
                 rows[new] = state[name][old_class]

@@ -23,20 +23,21 @@ from common import ROOT, machine
 from third_party_captchas import write_third_party
 
 METHODS = ("scratch", "fine-tune", "mix")
+TRAIN_SHARE = 0.9  # of the labelled set; the rest validates
 
 
 def train(method: str, small: Path, generated: Path, base: str, steps: int, out: Path, batch: int) -> Path:
     """Run main.py for ``steps`` optimisation steps; returns the best checkpoint."""
     rows = pq.read_metadata(small).num_rows
     cmd = [sys.executable, str(ROOT / "main.py"), "--out-dir", str(out), "--run-name", method, "--batch-size", str(batch)]
-    cmd += ["--split-ratios", "0.9,0.1,0", "--augment", "on", "--workers", "2"]
+    cmd += ["--split-ratios", f"{TRAIN_SHARE},{1 - TRAIN_SHARE:g},0", "--augment", "on", "--workers", "2"]
     if method == "fine-tune":
         cmd += ["--init-from", base, "--data", str(small), "--lr", "5e-4"]
     elif method == "mix":
         cmd += ["--data", str(small), str(generated), "--mix", "0.5,0.5"]
     else:
         cmd += ["--data", str(small)]
-    per_epoch = max(1, int(rows * 0.9) // batch)  # a mix epoch is cut to the same length (--max-steps)
+    per_epoch = max(1, int(rows * TRAIN_SHARE) // batch)  # a mix epoch is cut to the same length (--max-steps)
     epochs = max(1, round(steps / per_epoch))
     cmd += ["--epochs", str(epochs), "--max-steps", str(per_epoch)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)

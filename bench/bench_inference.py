@@ -11,7 +11,6 @@ accuracy is shown case-insensitively and only for orientation.
 """
 
 import argparse
-import io
 import statistics
 import tempfile
 import time
@@ -21,23 +20,12 @@ import numpy as np
 import torch
 from common import machine
 
-from captcha_generator import CaptchaStyle, generate_captcha, generate_random_string
+from captcha_generator import CaptchaStyle, render_rows
 from data_loader import preprocess_image
+from labels import parse_label
 from onnx_model import export_onnx, load_onnx, quantize_onnx
 from predict import predict_captcha
 from utils import load_model
-
-
-def fresh_captchas(n: int, seed: int, style: CaptchaStyle) -> tuple[list[bytes], list[str]]:
-    images, labels = [], []
-    for index in range(n):
-        rng = np.random.default_rng([seed, index])
-        label = generate_random_string(rng, style.charset, style.min_len, style.max_len)
-        buf = io.BytesIO()
-        generate_captcha(label, rng, style).save(buf, "PNG")
-        images.append(buf.getvalue())
-        labels.append(label)
-    return images, labels
 
 
 def time_engine(read, images: list[bytes], batch: int) -> tuple[list[str], float, float]:
@@ -64,7 +52,8 @@ def main() -> None:
     p.add_argument("--no-ddddocr", action="store_true", help="skip ddddocr even when installed")
     a = p.parse_args()
     model, codec, config, ckpt = load_model(a.checkpoint)
-    images, labels = fresh_captchas(a.images, a.seed, CaptchaStyle(charset=config.charset, max_len=min(8, config.max_len)))
+    rows = render_rows(a.seed, 0, a.images, CaptchaStyle(charset=config.charset, max_len=min(8, config.max_len)))
+    images, labels = [r[0] for r in rows], [parse_label(r[2]) for r in rows]
     engines = {"PyTorch eager": our_reader(model, codec, config)}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, ckpt, Path(tmp) / "model.onnx")

@@ -54,7 +54,7 @@ def run_measuring_tree_rss(cmd: list[str], interval: float = 0.1) -> tuple[float
                 peak = max(peak, sum(i.rss for i in infos))
                 peak_pss = max(peak_pss, sum(i.pss for i in infos))
                 peak_anon = max(peak_anon, sum(_anon_bytes(p.pid) for p in tree))
-            except (psutil.Error, OSError, StopIteration):
+            except (psutil.Error, OSError):
                 pass
             time.sleep(interval)
 
