@@ -67,6 +67,9 @@ class Config:
     init_from: str = _opt(
         "", "checkpoint to fine-tune: its model and input settings are used, its charset grows by any new --charset characters"
     )
+    snapshot_minutes: float = _opt(
+        0.0, "also save minutes-<m>.pt every this many minutes of training (0: never), for accuracy-vs-time curves"
+    )
     patience: int = _opt(0, "stop after this many epochs without a better validation accuracy (0: never)")
     max_steps: int = _opt(0, "stop after this many steps per epoch (0: full epochs); for smoke runs")
 
@@ -125,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 # settings a resumed run may change: where and how it runs, not what it trains
-RUN_TIME_FIELDS = ("resume", "workers", "device", "out_dir", "run_name", "data")
+RUN_TIME_FIELDS = ("resume", "workers", "device", "out_dir", "run_name", "data", "snapshot_minutes")
 
 
 def resumed_config(saved: Config, asked: Config) -> Config:

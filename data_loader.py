@@ -1,26 +1,23 @@
 """Parquet captchas (the shared schema) -> train/val/test DataLoaders.
 
-Each parquet file is converted once, row group by row group, into an uncompressed Arrow
-IPC file in a cache folder, then memory-mapped: images stay encoded bytes in the page
-cache, shared by every DataLoader worker, and are decoded one at a time in the workers.
+Each parquet file is converted once into a cache (image_store.py): images stay encoded
+bytes on disk, read one at a time and decoded in the DataLoader workers.
 """
 
-import hashlib
 import itertools
 import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import distributed
 from config import Config
-from inputs import decode_image, find_parquet_files, open_parquet, to_model_mode
-from labels import SPLITS, LabelCodec, label_problem, parse_label, split_of
+from image_store import ImageStore, build_cache, read_cache
+from inputs import decode_image, find_parquet_files, to_model_mode
+from labels import SPLITS, LabelCodec, label_problem, split_for
 
 
 class SquarePadAndResize:
@@ -54,37 +51,14 @@ def preprocess_image(image: Image.Image | bytes | str | os.PathLike, config: Con
     return SquarePadAndResize(config.img_height, config.img_width)(image)
 
 
-def _arrow_cache(parquet: Path, cache_dir: Path) -> Path:
-    """Convert ``parquet`` to a memory-mappable Arrow IPC file (once; reused while unchanged)."""
-    stat = parquet.stat()
-    key = hashlib.sha1(f"{parquet.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir / f"{parquet.stem}-{key}.arrow"
-    if target.exists():
-        return target
-    source = open_parquet(parquet)
-    columns = [c for c in ("image", "text", "label", "split") if c in source.schema_arrow.names]
-
-    def image_bytes_only(table: pa.Table) -> pa.Table:  # the image struct {bytes, path} -> its bytes
-        return table.set_column(0, "image", pc.struct_field(table["image"], "bytes"))
-
-    schema = image_bytes_only(source.schema_arrow.empty_table().select(columns)).schema  # also right for 0 rows
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for batch in source.iter_batches(batch_size=4096, columns=columns):
-            writer.write_table(image_bytes_only(pa.Table.from_batches([batch])))
-    os.replace(tmp, target)
-    return target
-
-
 class CaptchaDataset(Dataset):
-    """Rows (file, row) of memory-mapped Arrow tables -> (image (C, H, W), target (max_len,)).
+    """Rows (file, row) of an ImageStore -> (image (C, H, W), target (max_len,)).
 
     An image that fails to decode yields ``None``; ``collate_skipping_bad`` drops and counts it.
     """
 
-    def __init__(self, tables: list[pa.Table], rows: np.ndarray, labels: list[str], config: Config, codec: LabelCodec, augment=None):
-        self.tables, self.rows, self.labels, self.codec, self.config = tables, rows, labels, codec, config
+    def __init__(self, store: ImageStore, rows: np.ndarray, labels: list[str], config: Config, codec: LabelCodec, augment=None):
+        self.store, self.rows, self.labels, self.codec, self.config = store, rows, labels, codec, config
         self.augment = augment  # a PIL -> PIL transform for training, or None
 
     def __len__(self) -> int:
@@ -92,7 +66,7 @@ class CaptchaDataset(Dataset):
 
     def image_bytes(self, index: int) -> bytes:
         file_index, row, _ = self.rows[index]
-        return self.tables[file_index]["image"][int(row)].as_py()
+        return self.store.get(int(file_index), int(row))
 
     def __getitem__(self, index: int):
         try:
@@ -114,10 +88,11 @@ def collate_skipping_bad(items):
 
 
 def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
-    """Memory-map every parquet file of ``config.data`` and sort its rows into splits.
+    """Open (building once) the cache of every parquet file of ``config.data`` and sort its
+    rows into splits: the ``split`` column where the file has one, else the hash split.
 
     With ``config.mix`` each --data entry is a source of its own, numbered in order;
-    otherwise they are pooled as source 0. Returns (tables, {split: (rows (N, 3) int64 of
+    otherwise they are pooled as source 0. Returns (ImageStore, {split: (rows (N, 3) int64 of
     (file, row, source), labels)}, skipped counts by reason).
     """
     sources = [[entry] for entry in config.data] if config.mix_weights else [config.data]
@@ -125,24 +100,21 @@ def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
     missing = [entries for source, entries in enumerate(sources) if all(s != source for _, s in files)]
     if missing:
         raise FileNotFoundError(f"no parquet files found in {missing[0]}")
-    tables, split_rows, skipped = [], {s: ([], []) for s in SPLITS}, {}
-    for file_index, (path, source) in enumerate(files):
-        arrow = _arrow_cache(path, cache_dir or path.parent / ".cache")
-        table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
-        tables.append(table)
-        labels = table["label"].to_pylist() if "label" in table.column_names else [parse_label(t) for t in table["text"].to_pylist()]
-        splits = table["split"].to_pylist() if "split" in table.column_names else None
-        images = table["image"]
-        for row, label in enumerate(labels):
+    metas = [build_cache(path, cache_dir or path.parent / ".cache") for path, _ in files]
+    tables = [read_cache(meta) for meta in metas]
+    split_rows, skipped = {s: ([], []) for s in SPLITS}, {}
+    for file_index, ((_, source), table) in enumerate(zip(files, tables)):
+        splits, keys = table["split"].to_pylist(), table["split_key"].to_numpy()
+        for row, label in enumerate(table["label"].to_pylist()):
             problem = label_problem(label, codec.charset, codec.max_len)
             if problem is not None:
                 skipped[problem] = skipped.get(problem, 0) + 1
                 continue
-            split = splits[row] if splits else split_of(images[row].as_py() or b"", config.ratios)
+            split = splits[row] or split_for(keys[row], config.ratios)
             split_rows[split][0].append((file_index, row, source))
             split_rows[split][1].append(label)
     out = {s: (np.asarray(r, dtype=np.int64).reshape(-1, 3), lab) for s, (r, lab) in split_rows.items()}
-    return tables, out, skipped
+    return ImageStore(metas, tables), out, skipped
 
 
 class EpochSampler(DistributedSampler):
@@ -230,7 +202,7 @@ def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) 
     The train loader's order comes from its EpochSampler (``loader.sampler``), which the
     training loop moves on with ``set_epoch``, so a resumed run sees the same order.
     """
-    tables, splits, skipped = read_rows(config, codec, cache_dir)
+    store, splits, skipped = read_rows(config, codec, cache_dir)
     loaders: dict = {"skipped": skipped}
     for name, (rows, labels) in splits.items():
         if name != "train" and config.mix_weights:
@@ -240,7 +212,7 @@ def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) 
         if name != "train" and distributed.world_size() > 1:  # each process validates its share
             rows, labels = rows[distributed.rank() :: distributed.world_size()], labels[distributed.rank() :: distributed.world_size()]
         augment = augmentation(config, len(rows)) if name == "train" else None
-        loaders[name] = _loader(CaptchaDataset(tables, rows, labels, config, codec, augment), config, shuffle=name == "train")
+        loaders[name] = _loader(CaptchaDataset(store, rows, labels, config, codec, augment), config, shuffle=name == "train")
     if len(loaders["train"].dataset) == 0:
         raise ValueError(f"no trainable rows in {config.data} (skipped: {skipped})")
     return loaders
@@ -248,7 +220,7 @@ def load_data(config: Config, codec: LabelCodec, cache_dir: Path | None = None) 
 
 def evaluation_loader(config: Config, codec: LabelCodec, splits: tuple[str, ...]) -> tuple[DataLoader, dict]:
     """One unshuffled loader over the rows of ``splits`` of ``config.data``; plus skipped counts."""
-    tables, by_split, skipped = read_rows(config, codec)
+    store, by_split, skipped = read_rows(config, codec)
     rows = np.concatenate([by_split[s][0] for s in splits])
     labels = [label for s in splits for label in by_split[s][1]]
     if config.mix_weights and splits != ("train",):  # as in training
@@ -257,4 +229,4 @@ def evaluation_loader(config: Config, codec: LabelCodec, splits: tuple[str, ...]
     rows, labels = rows[order], [labels[i] for i in order]
     if config.limit:
         rows, labels = rows[: config.limit], labels[: config.limit]
-    return _loader(CaptchaDataset(tables, rows, labels, config, codec), config, shuffle=False), skipped
+    return _loader(CaptchaDataset(store, rows, labels, config, codec), config, shuffle=False), skipped

@@ -40,20 +40,27 @@ def label_problem(label: str, charset: str, max_len: int) -> str | None:
     return None
 
 
+def split_key(image_bytes: bytes) -> float:
+    """A number in [0, 1) from a hash of the image bytes: where the image falls in the split."""
+    return int.from_bytes(hashlib.blake2b(image_bytes, digest_size=8).digest(), "big") / 2**64
+
+
+def split_for(key: float, ratios: tuple[float, float, float]) -> str:
+    """The split (train/val/test, in proportion to ``ratios``) that ``key`` in [0, 1) falls in."""
+    total, edge = sum(ratios), 0.0
+    for name, ratio in zip(SPLITS, ratios):
+        edge += ratio / total
+        if key < edge:
+            return name
+    return SPLITS[-1]
+
+
 def split_of(image_bytes: bytes, ratios: tuple[float, float, float]) -> str:
     """Deterministic train/val/test split from a hash of the image bytes.
 
     Identical images always get the same split, so no image is in two splits.
     """
-    digest = hashlib.blake2b(image_bytes, digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2**64
-    total = sum(ratios)
-    edge = 0.0
-    for name, ratio in zip(SPLITS, ratios):
-        edge += ratio / total
-        if u < edge:
-            return name
-    return SPLITS[-1]
+    return split_for(split_key(image_bytes), ratios)
 
 
 class LabelCodec:

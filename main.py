@@ -42,7 +42,7 @@ def train(config: Config) -> None:
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"main.py: {err}") from None
     codec = LabelCodec(config.charset, config.max_len)
-    with distributed.main_rank_first():  # rank 0 generates data and builds the Arrow caches once
+    with distributed.main_rank_first():  # rank 0 generates data and builds the data caches once
         if not find_parquet_files(config.data) and config.data == ["data"]:
             target = Path("data/generated.parquet")
             print(f"note: no parquet file in data/; generating {config.default_count} captchas into {target} (the shared schema)")

@@ -187,7 +187,9 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
     Ctrl-C or SIGTERM saves last.pt at the end of the current step, with the position in
     the epoch, and raises Interrupted; ``config.resume`` continues from it exactly.
     ``stop_after_epochs`` / ``stop_after_steps`` make the same request after that many
-    epochs or steps of this call (for tests).
+    epochs or steps of this call (for tests). With ``config.snapshot_minutes`` the weights
+    are also saved as minutes-<m>.pt each time that much training wall time has passed
+    (every checkpoint records its ``train_seconds``, resumed runs included).
 
     Each epoch reseeds torch and the data order from (seed, epoch), and a mid-epoch
     checkpoint keeps the RNG state and the epoch's running sums, so a resumed run ends
@@ -236,11 +238,14 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
         start_epoch, best, history, partial = resume["epoch"] + 1, resume["best_metric"], resume["history"], resume.get("partial")
     frozen_epochs = _pretrain_epochs(config)
     parts = (model, optimizer, scheduler, scaler)
-    done_steps = 0
+    done_steps, prior_seconds = 0, resume.get("train_seconds", 0.0) if resume else 0.0
+    run_start = time.perf_counter() - prior_seconds
+    snapshots = 1 + int(prior_seconds / (60 * config.snapshot_minutes)) if config.snapshot_minutes else 1
 
     def save(name: str, epoch: int, **extra) -> None:
         if main_rank:
-            save_checkpoint(run_dir / name, **_state(*parts, config, epoch, history), best_metric=best, **extra)
+            state = _state(*parts, config, epoch, history) | {"train_seconds": time.perf_counter() - run_start}
+            save_checkpoint(run_dir / name, **state, best_metric=best, **extra)
 
     with stop_requests() as stop:
         for epoch in range(start_epoch, config.epochs):
@@ -267,6 +272,9 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                     sums["correct"] += correct
                     bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{sums['seen'] / (time.perf_counter() - start):.0f}")
                 done_steps += 1
+                if config.snapshot_minutes and time.perf_counter() - run_start >= snapshots * 60 * config.snapshot_minutes:
+                    save(f"minutes-{snapshots * config.snapshot_minutes:g}.pt", epoch - 1)
+                    snapshots += 1
                 if sums["step"] >= steps:
                     break
                 if distributed.any_rank(stop.is_set() or done_steps == stop_after_steps):

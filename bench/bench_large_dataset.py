@@ -6,8 +6,8 @@ memory of the whole process tree (main process + DataLoader workers).
 The dataset is make_dataset-style parquet (image, text, label, split) built by repeating
 a generated shard of --unique captchas until it has --rows rows (the memory and start-up
 behaviour depend on the row count, not on whether images repeat). The training run is
-a child process: load_data (the Arrow cache is built on the first run and reused after),
-then train_model for --steps steps; it is run twice, so both the cold start (cache
+a child process: load_data (the data cache is built on the first run and reused after),
+then train_model for --steps steps; it is run twice, so both the cold start (data cache
 built) and the warm start (cache reused) are measured.
 """
 
@@ -78,7 +78,7 @@ def main() -> None:
         build(data, a.rows, min(a.unique, a.rows))
         print(f"built {a.rows} rows ({data.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t:.0f} s")
         cmd = [sys.executable, __file__, "--child", str(data), "--steps", str(a.steps), "--workers", str(a.workers)]
-        for start in ("cold (Arrow cache built)", "warm (cache reused)"):
+        for start in ("cold (cache built)", "warm (cache reused)"):
             seconds, rss, pss, anon, out = run_measuring_tree_rss(cmd + ["--out-dir", str(Path(tmp) / "runs")])
             print(f"\n{start}: {seconds:.0f} s in all\n{out.strip()}")
             print(f"process tree peak: anonymous memory {anon:.0f} MiB, PSS {pss:.0f} MiB, RSS sum {rss:.0f} MiB")

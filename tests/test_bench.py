@@ -1,5 +1,6 @@
 """Each bench script runs on a tiny setting (the figures come from running them in full)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,15 @@ def test_bench_few_shot_runs(tiny_parquet, tmp_path):
     )  # fmt: skip
     for method in ("scratch", "fine-tune", "mix"):
         assert f"| 30 | {method} |" in out
+
+
+def test_bench_accuracy_curve_scores_each_snapshot(tiny_parquet, tmp_path):
+    tiny = ["--data", str(tiny_parquet), "--charset", "abc123", "--max-len", "4", "--img-height", "32", "--img-width", "96"]
+    tiny += ["--width-mult", "0.25", "--depth-mult", "0.25", "--epochs", "1", "--max-steps", "3", "--batch-size", "8", "--workers", "0"]
+    curve = ["--every", "0.0001", "--heldout-data", str(tiny_parquet), "--out", str(tmp_path)]
+    out = run("bench/bench_accuracy_curve.py", *curve, "--", *tiny)
+    rows = json.loads((tmp_path / "curve.json").read_text())["rows"]
+    assert [r["checkpoint"] for r in rows][-1] == "last.pt" and len(rows) >= 2
+    assert all(0 <= r["seq_acc"] <= r["seq_acc_ci"] <= 1 for r in rows)
+    assert [r["minutes"] for r in rows] == sorted(r["minutes"] for r in rows)
+    assert (tmp_path / "curve.png").stat().st_size > 0 and "minutes-" in out

@@ -1,13 +1,17 @@
+import dataclasses
 import io
+import pickle
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
-from data_loader import SquarePadAndResize, load_data
+from data_loader import SquarePadAndResize, load_data, read_rows
 from inputs import decode_image, find_parquet_files
-from labels import LabelCodec
+from labels import LabelCodec, split_of
 
 
 def encoded(img: Image.Image, fmt="PNG") -> bytes:
@@ -69,5 +73,29 @@ def test_load_data_splits_and_batches(tiny_config):
     images, targets, bad = next(iter(loaders["train"]))
     assert images.shape == (16, 3, 32, 96) and targets.shape == (16, 4) and bad == 0
     assert images.min() >= -1 and images.max() <= 1
-    again = load_data(tiny_config, codec)  # the Arrow cache is reused and the split is stable
+    again = load_data(tiny_config, codec)  # the cache is reused and the split is stable
     assert again["val"].dataset.labels == loaders["val"].dataset.labels
+
+
+def test_image_store_reads_every_row_without_mapping_it(tiny_config, tiny_parquet):
+    """Each row's bytes come back exactly, in this process and in an unpickled copy (a
+    spawned worker), and the images file is read, never memory-mapped."""
+    codec = LabelCodec(tiny_config.charset, tiny_config.max_len)
+    store, splits, _ = read_rows(tiny_config, codec)
+    expected = [row["bytes"] for row in pq.read_table(tiny_parquet)["image"].to_pylist()]
+    assert [store.get(0, row) for row in range(len(expected))] == expected
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.get(0, 7) == expected[7]
+    assert ".images" not in Path("/proc/self/maps").read_text()
+    by_hash = {split: sorted(rows[:, 1].tolist()) for split, (rows, _) in splits.items()}
+    assert by_hash["val"] == sorted(i for i, b in enumerate(expected) if split_of(b, tiny_config.ratios) == "val")
+
+
+def test_cache_is_rebuilt_when_the_parquet_changes(tiny_config, tiny_parquet, tmp_path):
+    codec = LabelCodec(tiny_config.charset, tiny_config.max_len)
+    copy = tmp_path / "copy.parquet"
+    pq.write_table(pq.read_table(tiny_parquet).slice(0, 30), copy)
+    config = dataclasses.replace(tiny_config, data=[str(copy)])
+    assert sum(len(labels) for _, labels in read_rows(config, codec)[1].values()) == 30
+    pq.write_table(pq.read_table(tiny_parquet).slice(0, 50), copy)
+    assert sum(len(labels) for _, labels in read_rows(config, codec)[1].values()) == 50
