@@ -74,3 +74,9 @@ def test_bench_accuracy_curve_scores_each_snapshot(tiny_parquet, tmp_path):
     assert all(0 <= r["seq_acc"] <= r["seq_acc_ci"] <= 1 for r in rows)
     assert [r["minutes"] for r in rows] == sorted(r["minutes"] for r in rows)
     assert (tmp_path / "curve.png").stat().st_size > 0 and "minutes-" in out
+
+
+def test_bench_training_loop_runs():
+    out = run("bench/bench_training_loop.py", "--steps", "2", "--rows", "60", "--batch-size", "8")
+    for loop in ("bare PyTorch loop", "train_model (main.py)", "DataLoader alone, 2 workers", "DataLoader alone, 1 worker"):
+        assert f"| {loop}" in out

@@ -1,0 +1,93 @@
+"""Where training time goes: main.py's training loop against a bare PyTorch loop on the same
+model, batch and input size, and the DataLoader alone.
+
+    python bench/bench_training_loop.py --steps 200
+
+On the same generated captchas, with the default Config (model, batch, input size, workers):
+  bare loop      one batch decoded once and kept in memory; forward, loss, backward, AdamW
+  train_model    what main.py runs: load_data's DataLoader, one-cycle schedule, progress bar,
+                 accounting; images/s from its epoch line (validation not included)
+  DataLoader     the training loader alone (decode, preprocess, collate), with the default
+                 workers and with one worker
+Targets (issue 7): train_model at least 90% of the bare loop; the DataLoader at least 5x
+train_model's images/s and at least 1,000 images/s per worker.
+"""
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+from common import machine
+
+
+def bare_loop(config, images, targets, steps: int) -> float:
+    """Images/s of forward + loss + backward + AdamW step on one in-memory batch."""
+    import torch
+
+    from utils import build_model, recognition_loss, seed_everything
+
+    seed_everything(config.seed)
+    model = build_model(config).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    images = images.contiguous(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits, ctc_logits = model(images, with_ctc=True)
+        loss = recognition_loss(logits, ctc_logits, targets, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * len(images) / (time.perf_counter() - start)
+
+
+def loader_alone(loader, batches: int) -> float:
+    """Images/s of iterating ``loader`` for ``batches`` batches, worker start-up included."""
+    start, seen = time.perf_counter(), 0
+    for i, (images, _, _) in enumerate(loader):
+        seen += len(images)
+        if i + 1 == batches:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=200, help="training steps measured in each loop")
+    p.add_argument("--rows", type=int, default=0, help="captchas generated (default: enough for the steps)")
+    p.add_argument("--batch-size", type=int, default=0, help="batch size (0: the default Config's)")
+    a = p.parse_args()
+    from captcha_generator import generate_captcha_data
+    from checkpoints import load_checkpoint
+    from config import Config
+    from data_loader import load_data
+    from labels import LabelCodec
+    from utils import train_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config(out_dir=tmp, run_name="bench", epochs=1, max_steps=a.steps)
+        if a.batch_size:
+            config = dataclasses.replace(config, batch_size=a.batch_size)
+        rows = a.rows or int(a.steps * config.batch_size / 0.85) + 200
+        data = generate_captcha_data(rows, Path(tmp) / "bench.parquet", seed=5)
+        config = dataclasses.replace(config, data=[str(data)])
+        codec = LabelCodec(config.charset, config.max_len)
+        loaders = load_data(config, codec)
+        images, targets, _ = next(iter(loaders["train"]))
+        bare = bare_loop(config, images, targets, a.steps)
+        history = load_checkpoint(train_model(config, loaders) / "last.pt")["history"]
+        trained = history[0]["img_per_s"]
+        batches = min(a.steps, len(loaders["train"]))
+        feed = loader_alone(load_data(config, codec)["train"], batches)
+        one = loader_alone(load_data(dataclasses.replace(config, workers=1), codec)["train"], batches)
+    print(f"machine: {machine()}")
+    print(f"model {config.variant} stages {config.stages}, input {config.img_height}x{config.img_width}, batch {config.batch_size}")
+    print(f"| loop | images/s | ratio |\n|---|---|---|\n| bare PyTorch loop, in-memory batch | {bare:.0f} | 1.00 |")
+    print(f"| train_model (main.py), {config.workers} workers | {trained:.0f} | {trained / bare:.2f} of bare |")
+    print(f"| DataLoader alone, {config.workers} workers | {feed:.0f} | {feed / trained:.1f}x train_model |")
+    print(f"| DataLoader alone, 1 worker | {one:.0f} | per worker |")
+
+
+if __name__ == "__main__":
+    main()
