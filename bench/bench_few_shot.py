@@ -1,5 +1,6 @@
 """Few labelled captchas of a new style: training from scratch vs fine-tuning the
-generated-data model vs mixing, each with the same CPU time budget.
+generated-data model vs fine-tuning it on a mix of the small set and generated captchas,
+each with the same CPU time budget.
 
     pip install -r requirements-bench.txt
     python bench/bench_few_shot.py --base saved_models/<run>/best.pt --sizes 500 1000 5000 --minutes 3
@@ -33,8 +34,8 @@ def train(method: str, small: Path, generated: Path, base: str, steps: int, out:
     cmd += ["--split-ratios", f"{TRAIN_SHARE},{1 - TRAIN_SHARE:g},0", "--augment", "on", "--workers", "2"]
     if method == "fine-tune":
         cmd += ["--init-from", base, "--data", str(small), "--lr", "5e-4"]
-    elif method == "mix":
-        cmd += ["--data", str(small), str(generated), "--mix", "0.5,0.5"]
+    elif method == "mix":  # fine-tune on the small set and generated captchas half and half
+        cmd += ["--init-from", base, "--data", str(small), str(generated), "--mix", "0.5,0.5", "--lr", "5e-4"]
     else:
         cmd += ["--data", str(small)]
     per_epoch = max(1, int(rows * TRAIN_SHARE) // batch)  # a mix epoch is cut to the same length (--max-steps)

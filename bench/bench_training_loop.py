@@ -5,6 +5,7 @@ model, batch and input size, and the DataLoader alone.
 
 On the same generated captchas, with the default Config (model, batch, input size, workers):
   bare loop      one batch decoded once and kept in memory; forward, loss, backward, AdamW
+                 (float32, and with bfloat16 autocast as --amp uses on a CPU)
   train_model    what main.py runs: load_data's DataLoader, one-cycle schedule, progress bar,
                  accounting; images/s from its epoch line (validation not included)
   DataLoader     the training loader alone (decode, preprocess, collate), with the default
@@ -22,10 +23,12 @@ from pathlib import Path
 from common import machine
 
 
-def bare_loop(config, images, targets, steps: int) -> float:
-    """Images/s of forward + loss + backward + AdamW step on one in-memory batch."""
+def bare_loop(config, images, targets, steps: int, amp: bool = False) -> float:
+    """Images/s of forward + loss + backward + AdamW step on one in-memory batch
+    (with ``amp``: bfloat16 autocast, as main.py --amp on a CPU)."""
     import torch
 
+    from device import autocast
     from utils import build_model, recognition_loss, seed_everything
 
     seed_everything(config.seed)
@@ -34,8 +37,9 @@ def bare_loop(config, images, targets, steps: int) -> float:
     images = images.contiguous(memory_format=torch.channels_last)
     start = time.perf_counter()
     for _ in range(steps):
-        logits, ctc_logits = model(images, with_ctc=True)
-        loss = recognition_loss(logits, ctc_logits, targets, config)
+        with autocast(images.device, amp):
+            logits, ctc_logits = model(images, with_ctc=True)
+        loss = recognition_loss(logits.float(), ctc_logits.float(), targets, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -76,6 +80,7 @@ def main() -> None:
         loaders = load_data(config, codec)
         images, targets, _ = next(iter(loaders["train"]))
         bare = bare_loop(config, images, targets, a.steps)
+        bf16 = bare_loop(config, images, targets, a.steps, amp=True)
         history = load_checkpoint(train_model(config, loaders) / "last.pt")["history"]
         trained = history[0]["img_per_s"]
         batches = min(a.steps, len(loaders["train"]))
@@ -84,6 +89,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"model {config.variant} stages {config.stages}, input {config.img_height}x{config.img_width}, batch {config.batch_size}")
     print(f"| loop | images/s | ratio |\n|---|---|---|\n| bare PyTorch loop, in-memory batch | {bare:.0f} | 1.00 |")
+    print(f"| bare PyTorch loop, bfloat16 autocast (--amp) | {bf16:.0f} | {bf16 / bare:.2f} |")
     print(f"| train_model (main.py), {config.workers} workers | {trained:.0f} | {trained / bare:.2f} of bare |")
     print(f"| DataLoader alone, {config.workers} workers | {feed:.0f} | {feed / trained:.1f}x train_model |")
     print(f"| DataLoader alone, 1 worker | {one:.0f} | per worker |")
