@@ -41,6 +41,13 @@ def test_onnx_file_alone_rebuilds_the_configuration(exported, tiny_checkpoint):
     assert shape == (config.img_height, config.img_width, config.channels)
 
 
+def test_spatial_means_are_exported_as_pooling(exported):
+    """The SE blocks' and the columns' means run as pooling (onnxruntime's blocked layout)."""
+    ops = [node.op_type for node in onnx.load(exported).graph.node]
+    assert "ReduceMean" not in ops
+    assert ops.count("GlobalAveragePool") >= 1 and ops.count("AveragePool") == 1
+
+
 def test_onnxruntime_predictions_equal_pytorch_on_every_image(exported, tiny_checkpoint, tiny_parquet):
     onnx_model, codec, config, _ = load_onnx(exported)
     model, _, _, _ = load_model(tiny_checkpoint)
