@@ -36,10 +36,12 @@ META_SCHEMA = pa.schema(
 def build_cache(parquet: Path, cache_dir: Path) -> Path:
     """Convert ``parquet`` once, row group by row group, into ``<stem>-<key>.arrow`` (the
     table above) and ``<stem>-<key>.images`` (the image bytes back to back) in ``cache_dir``;
-    reused while the parquet file is unchanged. Returns the ``.arrow`` path."""
+    reused while the parquet file is unchanged, replaced (the old pair deleted) when it
+    changes. Returns the ``.arrow`` path."""
     stat = parquet.stat()
-    key = hashlib.sha1(f"v{CACHE_VERSION}:{parquet.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    meta = cache_dir / f"{parquet.stem}-{key}.arrow"
+    where = hashlib.sha1(str(parquet.resolve()).encode()).hexdigest()[:8]
+    version = hashlib.sha1(f"v{CACHE_VERSION}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:8]
+    meta = cache_dir / f"{parquet.stem}-{where}-{version}.arrow"
     if meta.exists():
         return meta
     source = open_parquet(parquet)
@@ -63,6 +65,9 @@ def build_cache(parquet: Path, cache_dir: Path) -> Path:
             writer.write_batch(pa.record_batch(columns, schema=META_SCHEMA))
     os.replace(tmp_images, meta.with_suffix(".images"))
     os.replace(tmp_meta, meta)  # last: its presence means the pair is complete
+    for stale in cache_dir.glob(f"{parquet.stem}-{where}-*"):  # caches of earlier versions of this file
+        if stale.suffix in (".arrow", ".images") and stale.stem != meta.stem:
+            stale.unlink(missing_ok=True)
     return meta
 
 

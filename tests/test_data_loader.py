@@ -99,3 +99,5 @@ def test_cache_is_rebuilt_when_the_parquet_changes(tiny_config, tiny_parquet, tm
     assert sum(len(labels) for _, labels in read_rows(config, codec)[1].values()) == 30
     pq.write_table(pq.read_table(tiny_parquet).slice(0, 50), copy)
     assert sum(len(labels) for _, labels in read_rows(config, codec)[1].values()) == 50
+    cached = sorted(p.suffix for p in (tmp_path / ".cache").iterdir())
+    assert cached == [".arrow", ".images"]  # the first version's pair was deleted
