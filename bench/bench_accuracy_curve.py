@@ -11,32 +11,25 @@ minutes would reach. Writes curve.json and curve.png to --out.
 """
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import ROOT, machine
+from common import ROOT, accuracy_report, machine
 
 
 def score(checkpoint: Path, heldout: Path) -> dict:
-    """Case-sensitive and -insensitive sequence accuracy and CER of ``checkpoint`` on ``heldout``."""
-    from data_loader import evaluation_loader
-    from labels import SPLITS
-    from metrics import sequence_metrics
-    from predict import run_inference
-    from utils import load_model
+    """Case-sensitive and -insensitive sequence accuracy and CER of ``checkpoint`` on ``heldout``,
+    and the training minutes the checkpoint records."""
+    from checkpoints import load_checkpoint
 
-    model, codec, config, ckpt = load_model(checkpoint)
-    config = dataclasses.replace(config, data=[str(heldout)], mix="", limit=0, batch_size=128)
-    loader, _ = evaluation_loader(config, codec, SPLITS)
-    predictions, labels, _, _ = run_inference(model, codec, loader)
-    sensitive, insensitive = sequence_metrics(predictions, labels), sequence_metrics(predictions, labels, ignore_case=True)
+    report = accuracy_report(checkpoint, heldout, checkpoint.with_name(f"{checkpoint.stem}-heldout.json"))
+    sensitive, insensitive = report["case_sensitive"], report["case_insensitive"]
     return {
         "checkpoint": checkpoint.name,
-        "minutes": round(ckpt["train_seconds"] / 60, 1),
+        "minutes": round(load_checkpoint(checkpoint)["train_seconds"] / 60, 1),
         "seq_acc": sensitive["seq_acc"],
         "cer": sensitive["cer"],
         "seq_acc_ci": insensitive["seq_acc"],

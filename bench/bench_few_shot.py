@@ -12,7 +12,6 @@ time per step), then accuracy_calculator.py scores each on the same 2,000 test c
 """
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from common import ROOT, machine
+from common import ROOT, accuracy_report, machine
 from third_party_captchas import write_third_party
 
 METHODS = ("scratch", "fine-tune", "mix")
@@ -45,22 +44,6 @@ def train(method: str, small: Path, generated: Path, base: str, steps: int, out:
     return out / method / "best.pt"
 
 
-def score(checkpoint: Path, test: Path, out: Path) -> dict:
-    report = out / f"{checkpoint.parent.name}.json"
-    cmd = [
-        sys.executable,
-        str(ROOT / "accuracy_calculator.py"),
-        "--checkpoint",
-        str(checkpoint),
-        "--data",
-        str(test),
-        "--json",
-        str(report),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return json.loads(report.read_text())["case_sensitive"]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the generated-data checkpoint to fine-tune (python main.py)")
@@ -83,7 +66,7 @@ def main() -> None:
                 start = time.perf_counter()
                 best = train(method, small, Path(a.generated), a.base, steps, tmp / f"runs{size}", a.batch_size)
                 minutes = (time.perf_counter() - start) / 60
-                rows.append((size, method, minutes, score(best, test, tmp)))
+                rows.append((size, method, minutes, accuracy_report(best, test, tmp / f"{size}-{method}.json")["case_sensitive"]))
                 print(f"{size} {method}: {rows[-1][3]['seq_acc']:.2%} in {minutes:.1f} min", flush=True)
     print(f"\nmachine: {machine()}; {steps} steps of {a.batch_size} per cell; test: {a.test} ImageCaptcha captchas\n")
     print("| labelled images | method | minutes | seq acc | CER |")

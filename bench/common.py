@@ -1,5 +1,6 @@
 """Shared by the bench scripts: machine description and process-tree memory sampling."""
 
+import json
 import os
 import platform
 import subprocess
@@ -22,6 +23,15 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def accuracy_report(checkpoint: Path, data: Path, json_path: Path) -> dict:
+    """Score ``checkpoint`` on every row of ``data`` with accuracy_calculator.py; its JSON report
+    (written to ``json_path``, the confusion matrix beside it)."""
+    cmd = [sys.executable, str(ROOT / "accuracy_calculator.py"), "--checkpoint", str(checkpoint), "--data", str(data)]
+    cmd += ["--json", str(json_path), "--confusion-png", str(json_path.with_suffix(".png"))]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return json.loads(json_path.read_text())
 
 
 def _anon_bytes(pid: int) -> int:
