@@ -39,6 +39,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Spinning worker threads compete with the preprocessing and torch's own threads
+        # between calls: one image end to end took 3.4 ms spinning, 1.9 ms not (2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.metadata = self.session.get_modelmeta().custom_metadata_map
 

@@ -30,8 +30,10 @@ def predict_captcha(model: torch.nn.Module, codec: LabelCodec, images: torch.Ten
     if images.dim() == 3:
         images = images.unsqueeze(0)
     device = getattr(model, "device", None) or next(model.parameters()).device
+    if isinstance(model, torch.nn.Module):  # an OnnxModel takes plain contiguous arrays
+        images = images.to(device, memory_format=torch.channels_last)
     with autocast(device, amp):
-        ids, conf = predict_batch(model, images.to(device, memory_format=torch.channels_last))
+        ids, conf = predict_batch(model, images)
     ids, conf = ids.cpu(), conf.cpu()
     out = []
     for row_ids, row_conf in zip(ids, conf):

@@ -7,6 +7,7 @@ python test.py my_captchas/ --onnx model.onnx --csv predictions.csv   # onnxrunt
 """
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 from pathlib import Path
@@ -28,7 +29,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".ti
 @dataclasses.dataclass
 class Example:
     name: str
-    data: bytes
+    data: bytes | Path  # image files are read when their batch comes
     truth: str | None = None
 
 
@@ -38,12 +39,28 @@ def collect_examples(paths: list[str], parquet: str | None, rows: int) -> list[E
     for p in paths:
         path = Path(p)
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
-        examples += [Example(str(f), f.read_bytes()) for f in files]
+        examples += [Example(str(f), f) for f in files]
     if parquet:
         table = open_parquet(parquet).iter_batches(batch_size=rows, columns=["image", "text"])
         batch = next(table).to_pylist()
         examples += [Example(f"{parquet}#{i}", (r["image"] or {}).get("bytes") or b"", parse_label(r["text"])) for i, r in enumerate(batch)]
     return examples
+
+
+def predict_in_batches(model, codec, config, examples: list[Example], batch_size: int):
+    """Yield (example, Prediction, image tensor (C, H, W)) in order, one batch in memory at a
+    time; an example that is not a readable image yields (example, None, None)."""
+    for start in tqdm(range(0, len(examples), batch_size), desc="predicting", unit="batch", disable=len(examples) <= batch_size):
+        decoded = []
+        for ex in examples[start : start + batch_size]:
+            try:
+                decoded.append((ex, preprocess_image(ex.data, config)))
+            except Exception:
+                decoded.append((ex, None))
+        good = [(ex, t) for ex, t in decoded if t is not None]
+        predictions = iter(predict_captcha(model, codec, torch.stack([t for _, t in good]))) if good else iter(())
+        for ex, tensor in decoded:
+            yield (ex, next(predictions), tensor) if tensor is not None else (ex, None, None)
 
 
 def main() -> None:
@@ -68,39 +85,37 @@ def main() -> None:
     except FileNotFoundError as err:
         raise SystemExit(str(err)) from None
     examples = collect_examples(a.paths, a.parquet, a.rows)
-    good, tensors, failures = [], [], []
-    for ex in examples:
-        try:
-            tensors.append(preprocess_image(ex.data, config))
-            good.append(ex)
-        except Exception as err:
-            failures.append(ex.name)
-            print(f"{ex.name}: skipped, not a readable image ({type(err).__name__})")
-    predictions = []
-    for start in tqdm(range(0, len(tensors), a.batch_size), desc="predicting", unit="batch", disable=len(tensors) <= a.batch_size):
-        predictions += predict_captcha(model, codec, torch.stack(tensors[start : start + a.batch_size]))
     print(f"model: {ckpt['path']}")
-    for ex, pred in zip(good, predictions):
-        if not a.quiet:
-            chars = " ".join(f"{c}:{q:.2f}" for c, q in zip(pred.text, pred.char_confidences))
-            truth = "" if ex.truth is None else f"  truth {ex.truth} {'OK' if pred.text == ex.truth else 'WRONG'}"
-            print(f"{ex.name}: {pred.text or '(empty)'}  confidence {pred.confidence:.3f}  [{chars}]{truth}")
-    known = [(ex.truth, pred.text) for ex, pred in zip(good, predictions) if ex.truth is not None]
-    if known:
-        print(f"correct: {sum(t == q for t, q in known)}/{len(known)}")
-    print(f"predicted {len(predictions)} images, skipped {len(failures)} unreadable")
-    if a.csv:
-        with open(a.csv, "w", newline="") as f:
-            writer = csv.writer(f)
+    shown, failures, predicted, known, correct = [], [], 0, 0, 0
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if a.csv:
+            writer = csv.writer(stack.enter_context(open(a.csv, "w", newline="")))
             writer.writerow(["file", "prediction", "confidence", "char_confidences"])
-            for ex, pred in zip(good, predictions):
+        for ex, pred, tensor in predict_in_batches(model, codec, config, examples, a.batch_size):
+            if pred is None:
+                failures.append(ex.name)
+                print(f"{ex.name}: skipped, not a readable image")
+                continue
+            predicted += 1
+            if ex.truth is not None:
+                known, correct = known + 1, correct + (pred.text == ex.truth)
+            if not a.quiet:
+                chars = " ".join(f"{c}:{q:.2f}" for c, q in zip(pred.text, pred.char_confidences))
+                truth = "" if ex.truth is None else f"  truth {ex.truth} {'OK' if pred.text == ex.truth else 'WRONG'}"
+                print(f"{ex.name}: {pred.text or '(empty)'}  confidence {pred.confidence:.3f}  [{chars}]{truth}")
+            if writer:
                 writer.writerow([ex.name, pred.text, f"{pred.confidence:.4f}", " ".join(f"{q:.4f}" for q in pred.char_confidences)])
+            if len(shown) < a.grid_size:
+                shown.append((tensor, pred, ex.truth))
+    if known:
+        print(f"correct: {correct}/{known}")
+    print(f"predicted {predicted} images, skipped {len(failures)} unreadable")
+    if a.csv:
         print(f"csv: {a.csv}")
-    if a.grid and predictions:
-        n = a.grid_size
-        grid = show_all_images_with_predictions(
-            torch.stack(tensors[:n]), predictions[:n], [ex.truth for ex in good[:n]], a.grid, show=a.show
-        )
+    if a.grid and shown:
+        tensors, predictions, truths = zip(*shown)
+        grid = show_all_images_with_predictions(torch.stack(tensors), list(predictions), list(truths), a.grid, show=a.show)
         print(f"grid: {grid}")
 
 

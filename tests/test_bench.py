@@ -27,7 +27,8 @@ def test_bench_make_dataset_runs():
 def test_bench_inference_runs(tiny_checkpoint):
     out = run("bench/bench_inference.py", "--checkpoint", str(tiny_checkpoint), "--images", "8", "--no-ddddocr")
     for engine in ("PyTorch eager", "onnxruntime float32", "onnxruntime int8 (dynamic)"):
-        assert f"| {engine} |" in out
+        row = next(line for line in out.splitlines() if line.startswith(f"| {engine} |"))
+        assert float(row.split("|")[5]) > 0  # images/s in the model alone, measured for our engines
 
 
 def test_bench_large_dataset_runs():

@@ -75,3 +75,8 @@ def test_an_onnx_file_without_our_metadata_is_refused(exported, tmp_path):
     onnx.save(bare, tmp_path / "bare.onnx")
     with pytest.raises(ValueError, match="no 'config' metadata"):
         load_onnx(tmp_path / "bare.onnx")
+
+
+def test_onnxruntime_threads_do_not_spin_between_calls(exported):
+    session = load_onnx(exported)[0].session  # spinning fought the preprocessing for the 2 cores (bench/RESULTS.md)
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -81,10 +81,12 @@ def test_test_py_reports_bad_files_and_goes_on(tiny_checkpoint, tiny_parquet, tm
     Image.new("RGB", (150, 50), "white").save(folder / "blank.png")
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     (folder / "empty.jpg").write_bytes(b"")
-    out = run("test.py", str(folder), "--checkpoint", str(tiny_checkpoint), "--csv", "p.csv", "--grid", "", cwd=tmp_path)
+    Image.new("RGB", (150, 50), "gray").save(folder / "gray.png")
+    args = ("--checkpoint", str(tiny_checkpoint), "--csv", "p.csv", "--grid", "", "--batch-size", "2")
+    out = run("test.py", str(folder), *args, cwd=tmp_path)  # batches of 2: a bad file on each side of a boundary
     assert "broken.png: skipped" in out.stdout and "empty.jpg: skipped" in out.stdout
-    assert "predicted 1 images, skipped 2 unreadable" in out.stdout
-    assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 1
+    assert "predicted 2 images, skipped 2 unreadable" in out.stdout
+    assert [r["file"] for r in csv.DictReader(open(tmp_path / "p.csv"))] == [str(folder / "blank.png"), str(folder / "gray.png")]
 
 
 def test_scripts_without_a_checkpoint_say_how_to_train(tmp_path):
