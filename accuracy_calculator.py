@@ -57,6 +57,8 @@ def print_report(report: dict) -> None:
     for row in report["coverage"]:
         acc = "-" if row["seq_acc"] is None else f"{row['seq_acc']:.2%}"
         print(f"{row['threshold']:>13.2f}  {row['coverage']:>8.1%}  {acc:>8}")
+    cal = report["calibration"]
+    print(f"calibration  mean confidence {cal['mean_confidence']:.2%}, accuracy {cs['seq_acc']:.2%}; error (ECE) {cal['ece']:.2%}")
     print(f"\nspeed        {report['images_per_s']:.0f} images/s in the model (batch {report['batch_size']}, {report['device']})")
 
 

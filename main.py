@@ -10,10 +10,12 @@ import argparse
 from pathlib import Path
 
 import distributed
+from calibration import calibrate_checkpoint
 from captcha_generator import CaptchaStyle, generate_captcha_data
 from checkpoints import config_from_checkpoint, load_checkpoint
 from config import Config, add_config_args, config_from_args, finetune_config, resumed_config
 from data_loader import load_data
+from device import get_device
 from inputs import find_parquet_files
 from labels import LabelCodec
 from utils import Interrupted, train_model
@@ -64,6 +66,9 @@ def train(config: Config) -> None:
         raise SystemExit(f"main.py: {err}") from None
     if not distributed.is_main():
         return
+    if len(loaders["val"].dataset):
+        temperature, before, after = calibrate_checkpoint(run_dir / "best.pt", loaders["val"], get_device(config.device))
+        print(f"confidences calibrated on the validation split: temperature {temperature:.3f} in best.pt (NLL {before:.4f} -> {after:.4f})")
     picture = CaptchaVisualizer(run_dir / "best.pt").visualize_predictions(loaders["val"].dataset, run_dir / "predictions.png")
     print(f"checkpoints: {run_dir / 'best.pt'} (best), {run_dir / 'last.pt'} (last)")
     print(f"metrics: {run_dir / 'metrics.csv'}, curves: {run_dir / 'curves.png'}, predictions: {picture}")

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import jiwer
+import numpy as np
 
 THRESHOLDS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
 
@@ -62,6 +63,17 @@ def coverage_at_thresholds(predictions: list[str], labels: list[str], confidence
     return rows
 
 
+def calibration(predictions: list[str], labels: list[str], confidences: list[float], bins: int = 10) -> dict:
+    """Mean whole-sequence confidence against accuracy, and the expected calibration error:
+    the gap |mean confidence - accuracy| in ``bins`` equal-width confidence bins, weighted
+    by the share of images in each (0 for a model whose confidence c is right c of the time)."""
+    right = np.array([p == y for p, y in zip(predictions, labels, strict=True)], dtype=float)
+    conf = np.asarray(confidences, dtype=float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    gaps = [abs(conf[which == b].mean() - right[which == b].mean()) * (which == b).mean() for b in range(bins) if (which == b).any()]
+    return {"mean_confidence": float(conf.mean()) if len(conf) else 0.0, "ece": float(sum(gaps))}
+
+
 def full_report(predictions: list[str], labels: list[str], confidences: list[float], top_confusions: int = 15) -> dict:
     """Every figure accuracy_calculator.py prints, as one JSON-ready dict."""
     confusions = character_confusions(predictions, labels)
@@ -71,6 +83,7 @@ def full_report(predictions: list[str], labels: list[str], confidences: list[flo
         "by_length": accuracy_by_length(predictions, labels),
         "top_confusions": [{"true": a, "predicted": b, "count": n} for (a, b), n in confusions.most_common(top_confusions)],
         "coverage": coverage_at_thresholds(predictions, labels, confidences),
+        "calibration": calibration(predictions, labels, confidences),
     }
 
 

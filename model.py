@@ -67,6 +67,8 @@ class CNNModel(nn.Module):
     ``num_classes`` counts the end/pad class (index 0) plus one class per character.
     """
 
+    temperature = 1.0  # confidences are softmax(logits / temperature); set from the checkpoint (calibration.py)
+
     def __init__(
         self,
         num_classes: int,

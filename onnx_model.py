@@ -23,7 +23,8 @@ PREPROCESS = (
 )
 DECODE = (
     "output logits (batch, max_len, 1 + len(charset)); per position take the argmax: class 0 is end/pad, "
-    "class i is charset[i - 1]; the text is the characters before the first class 0; softmax gives confidences"
+    "class i is charset[i - 1]; the text is the characters before the first class 0; "
+    "softmax(logits / temperature) gives confidences (temperature: this file's metadata)"
 )
 
 
@@ -44,6 +45,7 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.metadata = self.session.get_modelmeta().custom_metadata_map
+        self.temperature = float(self.metadata.get("temperature", 1.0))
 
     def eval(self) -> "OnnxModel":
         return self
@@ -84,6 +86,7 @@ def export_onnx(model: torch.nn.Module, ckpt: dict, output: str | os.PathLike, o
             "img_height": str(config.img_height),
             "img_width": str(config.img_width),
             "channels": str(config.channels),
+            "temperature": str(ckpt.get("temperature", 1.0)),
             "preprocess": PREPROCESS,
             "decode": DECODE,
             "source": json.dumps(info),

@@ -19,8 +19,9 @@ class Prediction:
 
 @torch.no_grad()
 def predict_batch(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (B, C, H, W) -> (class ids (B, max_len), probabilities of those ids (B, max_len))."""
-    probs = model(images).float().softmax(dim=-1)
+    """images (B, C, H, W) -> (class ids (B, max_len), probabilities of those ids (B, max_len)),
+    the probabilities at the model's calibrated ``temperature``."""
+    probs = (model(images).float() / model.temperature).softmax(dim=-1)
     conf, ids = probs.max(dim=-1)
     return ids, conf
 

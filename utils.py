@@ -68,6 +68,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     model = build_model(config)
     described = f"{config.variant}, {config.img_height}x{config.img_width}, {len(config.charset)} characters"
     load_weights(model, ckpt["model"], f"{path} ({described})")
+    model.temperature = float(ckpt.get("temperature", 1.0))  # calibration.py; absent before calibration
     model.to(device).eval()
     ckpt["path"] = str(path)
     return model, LabelCodec(config.charset, config.max_len), config, ckpt
@@ -266,7 +267,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                 sums["step"] += 1
                 sums["bad"] += n_bad
                 if images is not None:
-                    loss, correct = _train_step(net, parts, images, targets, config, device, memory_format)
+                    loss, correct = train_step(net, parts, images, targets, config, device, memory_format)
                     sums["loss"] += loss * len(images)
                     sums["seen"] += len(images)
                     sums["correct"] += correct
@@ -334,7 +335,7 @@ def _check_replicas(model: nn.Module) -> None:
         print(f"replicas agree: {len(digests)} processes hold identical weights")
 
 
-def _train_step(net, parts, images, targets, config: Config, device, memory_format) -> tuple[float, int]:
+def train_step(net, parts, images, targets, config: Config, device, memory_format) -> tuple[float, int]:
     """One optimisation step on images (B, C, H, W), targets (B, max_len); returns (loss, sequences right)."""
     model, optimizer, scheduler, scaler = parts
     images, targets = images.to(device, memory_format=memory_format), targets.to(device)

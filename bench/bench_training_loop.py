@@ -6,6 +6,8 @@ model, batch and input size, and the DataLoader alone.
 On the same generated captchas, with the default Config (model, batch, input size, workers):
   bare loop      one batch decoded once and kept in memory; forward, loss, backward, AdamW
                  (float32, and with bfloat16 autocast as --amp uses on a CPU)
+  train_step     train_model's own step function on that in-memory batch: the bare loop
+                 plus gradient clipping, the one-cycle schedule and counting right answers
   train_model    what main.py runs: load_data's DataLoader, one-cycle schedule, progress bar,
                  accounting; images/s from its epoch line (validation not included)
   DataLoader     the training loader alone (decode, preprocess, collate), with the default
@@ -46,6 +48,23 @@ def bare_loop(config, images, targets, steps: int, amp: bool = False) -> float:
     return steps * len(images) / (time.perf_counter() - start)
 
 
+def step_loop(config, images, targets, steps: int) -> float:
+    """Images/s of utils.train_step (what train_model runs per batch) on one in-memory batch."""
+    import torch
+
+    from utils import build_model, seed_everything, train_step
+
+    seed_everything(config.seed)
+    model = build_model(config).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.15)
+    parts = (model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, parts, images, targets, config, images.device, torch.channels_last)
+    return steps * len(images) / (time.perf_counter() - start)
+
+
 def loader_alone(loader, batches: int) -> float:
     """Images/s of iterating ``loader`` for ``batches`` batches, worker start-up included."""
     start, seen = time.perf_counter(), 0
@@ -83,6 +102,7 @@ def main() -> None:
         images, targets, _ = next(iter(loaders["train"]))
         bare = bare_loop(config, images, targets, a.steps)
         bf16 = bare_loop(config, images, targets, a.steps, amp=True)
+        stepped = step_loop(config, images, targets, a.steps)
         history = load_checkpoint(train_model(config, loaders) / "last.pt")["history"]
         trained = history[0]["img_per_s"]
         batches = min(a.steps, len(loaders["train"]))
@@ -93,7 +113,9 @@ def main() -> None:
     print(f"model {config.variant} stages {config.stages}, input {config.img_height}x{config.img_width}, batch {config.batch_size}")
     print(f"| loop | images/s | ratio |\n|---|---|---|\n| bare PyTorch loop, in-memory batch | {bare:.0f} | 1.00 |")
     print(f"| bare PyTorch loop, bfloat16 autocast (--amp) | {bf16:.0f} | {bf16 / bare:.2f} |")
-    print(f"| train_model (main.py), {config.workers} workers | {trained:.0f} | {trained / bare:.2f} of bare |")
+    print(f"| train_step on the in-memory batch (+ clipping, schedule, counting) | {stepped:.0f} | {stepped / bare:.2f} |")
+    ratios = f"{trained / bare:.2f} of bare, {trained / stepped:.2f} of train_step"
+    print(f"| train_model (main.py), {config.workers} workers | {trained:.0f} | {ratios} |")
     print(f"| DataLoader alone, {config.workers} workers | {feed:.0f} | {feed / trained:.1f}x train_model |")
     print(f"| DataLoader alone, 1 worker | {one:.0f} | per worker |")
     print(f"| DataLoader alone, 1 worker, augmentation on (default below 20,000 rows) | {augmented:.0f} | per worker |")

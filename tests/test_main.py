@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--img-height", "32", "--img-width", "96", "--width-mult", "0.25", "--depth-mult", "0.25", "--head-dim", "32"]
@@ -18,6 +19,8 @@ def test_main_generates_default_data_when_data_is_empty_then_trains(tmp_path):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "predictions.png"):
         assert (run / name).exists(), name
     assert "epoch 1/1" in result.stdout and "predictions:" in result.stdout
+    assert "confidences calibrated on the validation split" in result.stdout
+    assert torch.load(run / "best.pt", weights_only=True)["temperature"] > 0
 
 
 def test_main_help_lists_every_knob():

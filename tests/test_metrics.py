@@ -1,6 +1,6 @@
 import pytest
 
-from metrics import accuracy_by_length, character_confusions, coverage_at_thresholds, full_report, sequence_metrics
+from metrics import accuracy_by_length, calibration, character_confusions, coverage_at_thresholds, full_report, sequence_metrics
 
 
 def test_sequence_accuracy_and_cer_by_hand():
@@ -38,4 +38,12 @@ def test_coverage_at_thresholds():
 
 def test_full_report_has_every_section():
     report = full_report(["ab"], ["ab"], [0.9])
-    assert set(report) == {"case_sensitive", "case_insensitive", "by_length", "top_confusions", "coverage"}
+    assert set(report) == {"case_sensitive", "case_insensitive", "by_length", "top_confusions", "coverage", "calibration"}
+
+
+def test_calibration_error_by_hand():
+    # bin 0.9-1.0: confidences 0.95, 0.95, right 1 of 2 -> gap 0.45, weight 1/2; bin 0.2-0.3: 0.25, 0.25, right 0 -> gap 0.25
+    out = calibration(["a", "x", "x", "x"], ["a", "a", "a", "a"], [0.95, 0.95, 0.25, 0.25])
+    assert out["mean_confidence"] == pytest.approx(0.6)
+    assert out["ece"] == pytest.approx(0.5 * 0.45 + 0.5 * 0.25)
+    assert calibration(["a", "x"], ["a", "a"], [1.0, 0.0])["ece"] == 0.0  # 1.0 falls in the top bin
