@@ -26,15 +26,15 @@ METHODS = ("scratch", "fine-tune", "mix")
 TRAIN_SHARE = 0.9  # of the labelled set; the rest validates
 
 
-def train(method: str, small: Path, generated: Path, base: str, steps: int, out: Path, batch: int) -> Path:
+def train(method: str, small: Path, generated: Path, base: str, steps: int, out: Path, batch: int, finetune_lr: float) -> Path:
     """Run main.py for ``steps`` optimisation steps; returns the best checkpoint."""
     rows = pq.read_metadata(small).num_rows
     cmd = [sys.executable, str(ROOT / "main.py"), "--out-dir", str(out), "--run-name", method, "--batch-size", str(batch)]
     cmd += ["--split-ratios", f"{TRAIN_SHARE},{1 - TRAIN_SHARE:g},0", "--augment", "on", "--workers", "2"]
     if method == "fine-tune":
-        cmd += ["--init-from", base, "--data", str(small), "--lr", "5e-4"]
+        cmd += ["--init-from", base, "--data", str(small), "--lr", str(finetune_lr)]
     elif method == "mix":  # fine-tune on the small set and generated captchas half and half
-        cmd += ["--init-from", base, "--data", str(small), str(generated), "--mix", "0.5,0.5", "--lr", "5e-4"]
+        cmd += ["--init-from", base, "--data", str(small), str(generated), "--mix", "0.5,0.5", "--lr", str(finetune_lr)]
     else:
         cmd += ["--data", str(small)]
     per_epoch = max(1, int(rows * TRAIN_SHARE) // batch)  # a mix epoch is cut to the same length (--max-steps)
@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=3.0, help="training budget per cell")
     p.add_argument("--images-per-s", type=float, default=210.0, help="measured training speed, to turn minutes into steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    p.add_argument("--finetune-lr", type=float, default=5e-4, help="peak learning rate of the fine-tune and mix cells")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="which methods to run")
     a = p.parse_args()
     steps = max(1, int(a.minutes * 60 * a.images_per_s / a.batch_size))
@@ -64,11 +65,12 @@ def main() -> None:
             small = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size)
             for method in a.methods:
                 start = time.perf_counter()
-                best = train(method, small, Path(a.generated), a.base, steps, tmp / f"runs{size}", a.batch_size)
+                best = train(method, small, Path(a.generated), a.base, steps, tmp / f"runs{size}", a.batch_size, a.finetune_lr)
                 minutes = (time.perf_counter() - start) / 60
                 rows.append((size, method, minutes, accuracy_report(best, test, tmp / f"{size}-{method}.json")["case_sensitive"]))
                 print(f"{size} {method}: {rows[-1][3]['seq_acc']:.2%} in {minutes:.1f} min", flush=True)
-    print(f"\nmachine: {machine()}; {steps} steps of {a.batch_size} per cell; test: {a.test} ImageCaptcha captchas\n")
+    print(f"\nmachine: {machine()}; {steps} steps of {a.batch_size} per cell, fine-tuning lr {a.finetune_lr:g}")
+    print(f"test: {a.test} ImageCaptcha captchas\n")
     print("| labelled images | method | minutes | seq acc | CER |")
     print("|---|---|---|---|---|")
     for size, method, minutes, r in rows:

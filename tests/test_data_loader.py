@@ -1,5 +1,6 @@
 import dataclasses
 import io
+import os
 import pickle
 from pathlib import Path
 
@@ -8,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from data_loader import SquarePadAndResize, load_data, read_rows
+from data_loader import WORKER_NICENESS, SquarePadAndResize, load_data, read_rows
 from inputs import decode_image, find_parquet_files
 from labels import LabelCodec, split_of
 
@@ -101,3 +103,13 @@ def test_cache_is_rebuilt_when_the_parquet_changes(tiny_config, tiny_parquet, tm
     assert sum(len(labels) for _, labels in read_rows(config, codec)[1].values()) == 50
     cached = sorted(p.suffix for p in (tmp_path / ".cache").iterdir())
     assert cached == [".arrow", ".images"]  # the first version's pair was deleted
+
+
+def _niceness(_index: int) -> int:
+    return os.nice(0)
+
+
+def test_loader_workers_run_below_the_training_process(tiny_config):
+    loader = load_data(dataclasses.replace(tiny_config, workers=1), LabelCodec(tiny_config.charset, tiny_config.max_len))["train"]
+    probe = DataLoader([0], num_workers=1, worker_init_fn=loader.worker_init_fn, collate_fn=lambda items: [_niceness(i) for i in items])
+    assert next(iter(probe)) == [min(19, os.nice(0) + WORKER_NICENESS)]
