@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=3.0, help="training budget per cell")
     p.add_argument("--images-per-s", type=float, default=210.0, help="measured training speed, to turn minutes into steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
-    p.add_argument("--finetune-lr", type=float, default=5e-4, help="peak learning rate of the fine-tune and mix cells")
+    p.add_argument("--finetune-lr", type=float, default=3e-3, help="peak learning rate of the fine-tune and mix cells (main.py's default)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="which methods to run")
     a = p.parse_args()
     steps = max(1, int(a.minutes * 60 * a.images_per_s / a.batch_size))
