@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from checkpoints import load_checkpoint, save_checkpoint
+from checkpoints import save_checkpoint
 from utils import load_model
 
 GRID = torch.logspace(-1.0, 0.7, 171)  # candidate temperatures 0.1 .. 5
@@ -45,7 +45,8 @@ def collect_logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.
 def calibrate_checkpoint(path: Path, loader, device: str | torch.device = "cpu") -> tuple[float, float, float]:
     """Fit T for the checkpoint at ``path`` on ``loader`` (the validation split) and store it
     in the file as ``temperature`` (atomically); returns fit_temperature's triple."""
-    model = load_model(path, device)[0]
+    model, _, _, ckpt = load_model(path, device)
     fitted = fit_temperature(*collect_logits(model, loader))
-    save_checkpoint(Path(path), **(load_checkpoint(path) | {"temperature": fitted[0]}))
+    state = {k: v for k, v in ckpt.items() if k != "path"}  # "path" is load_model's note, not file content
+    save_checkpoint(Path(path), **(state | {"temperature": fitted[0]}))
     return fitted

@@ -131,6 +131,12 @@ def init_from_checkpoint(model: CNNModel, ckpt: dict, config: Config) -> int:
     return source.count(-1)
 
 
+def optimizer_and_schedule(model: nn.Module, config: Config, total_steps: int):
+    """AdamW at ``config.lr`` / ``config.weight_decay`` and its one-cycle schedule over ``total_steps``."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=total_steps, pct_start=0.15)
+
+
 def _pretrain_epochs(config: Config) -> int:
     if config.pretrain_epochs >= 0:
         return config.pretrain_epochs
@@ -227,8 +233,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
     model.to(device, memory_format=memory_format)
     train_loader = loaders["train"]
     steps = min(len(train_loader), config.max_steps or len(train_loader))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps, pct_start=0.15)
+    optimizer, scheduler = optimizer_and_schedule(model, config, config.epochs * steps)
     scaler = grad_scaler(device, config.amp)
     start_epoch, best, history, partial = 0, -1.0, [], None
     if resume:

@@ -52,13 +52,11 @@ def step_loop(config, images, targets, steps: int) -> float:
     """Images/s of utils.train_step (what train_model runs per batch) on one in-memory batch."""
     import torch
 
-    from utils import build_model, seed_everything, train_step
+    from utils import build_model, optimizer_and_schedule, seed_everything, train_step
 
     seed_everything(config.seed)
     model = build_model(config).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.15)
-    parts = (model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    parts = (model, *optimizer_and_schedule(model, config, steps), torch.amp.GradScaler("cpu", enabled=False))
     start = time.perf_counter()
     for _ in range(steps):
         train_step(model, parts, images, targets, config, images.device, torch.channels_last)
