@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from config import Config
+from config import LEGACY_MODEL_SETTINGS, Config
 
 CHECKPOINT_VERSION = 1
 
@@ -44,8 +44,9 @@ def find_latest_checkpoint(out_dir: str | os.PathLike = "saved_models") -> Path:
 
 
 def config_from_checkpoint(ckpt: dict) -> Config:
+    """The checkpoint's Config; settings it predates take the value that rebuilds its model."""
     known = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in ckpt["config"].items() if k in known})
+    return Config(**{k: v for k, v in (LEGACY_MODEL_SETTINGS | ckpt["config"]).items() if k in known})
 
 
 def load_weights(model: nn.Module, state: dict, source: str) -> None:

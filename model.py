@@ -17,7 +17,13 @@ from torch import nn
 
 
 def build_backbone(
-    variant: str, width_strides: int, width_mult: float | None, depth_mult: float | None, drop_connect: float = 0.0, stages: int = 7
+    variant: str,
+    width_strides: int,
+    width_mult: float | None,
+    depth_mult: float | None,
+    drop_connect: float = 0.0,
+    stages: int = 7,
+    conv_head: bool = True,
 ) -> EfficientNet:
     """EfficientNet ``variant`` whose horizontal downsampling is ``2 ** width_strides``.
 
@@ -25,7 +31,9 @@ def build_backbone(
     downsamples 5 times (stem + 4 stages); the last ``5 - width_strides`` of those
     become vertical-only. ``width_mult`` / ``depth_mult`` override the
     variant's channel and depth coefficients when given; ``drop_connect`` is the
-    stochastic-depth rate of the last block.
+    stochastic-depth rate of the last block. Without ``conv_head`` the final 1x1
+    convolution to 1280 channels (and its batch norm) is left out, so the features are
+    the last stage's output through EfficientNet's SiLU.
     """
     # batch_norm_momentum 0.9 is PyTorch's usual 0.1 update; the TF-ported 0.99 lets the
     # running statistics lag ~100 steps behind fast-changing weights early in training.
@@ -44,6 +52,8 @@ def build_backbone(
     # convolutions' own symmetric padding give the same output sizes.
     backbone.set_swish(memory_efficient=False)
     _pad_inside_convolutions(backbone)
+    if not conv_head:  # after 4 stages it took 38% of a CPU training step (bench/RESULTS.md)
+        backbone._conv_head, backbone._bn1 = nn.Identity(), nn.Identity()
     return backbone
 
 
@@ -84,9 +94,10 @@ class CNNModel(nn.Module):
         dropout: float = 0.1,
         drop_connect: float = 0.0,
         stages: int = 7,
+        conv_head: bool = True,
     ):
         super().__init__()
-        self.backbone = build_backbone(variant, width_strides, width_mult, depth_mult, drop_connect, stages)
+        self.backbone = build_backbone(variant, width_strides, width_mult, depth_mult, drop_connect, stages, conv_head)
         if channels != 3:
             stem = self.backbone._conv_stem
             self.backbone._conv_stem = nn.Conv2d(channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)

@@ -54,6 +54,7 @@ def build_model(config: Config) -> CNNModel:
         dropout=config.dropout,
         drop_connect=config.drop_connect,
         stages=config.stages,
+        conv_head=config.conv_head,
     )
 
 

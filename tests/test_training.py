@@ -55,6 +55,17 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tiny_config):
     assert newest.state_dict().keys() == state.keys()
 
 
+def test_checkpoint_from_before_conv_head_setting_loads_with_the_head(tiny_config, tmp_path):
+    with_head = dataclasses.replace(tiny_config, conv_head=True)
+    run = train_model(with_head, loaders_for(with_head))
+    ckpt = load_checkpoint(run / "last.pt")
+    del ckpt["config"]["conv_head"]  # as written before the setting existed
+    torch.save(ckpt, tmp_path / "old.pt")
+    model, _, config, _ = load_model(tmp_path / "old.pt")
+    assert config.conv_head and isinstance(model.backbone._conv_head, torch.nn.Conv2d)
+    assert not any(name.startswith("backbone._conv_head") for name in build_model(tiny_config).state_dict())
+
+
 def test_resume_between_epochs_continues_identically(tiny_config):
     straight = dataclasses.replace(tiny_config, epochs=3, run_name="straight")
     run = train_model(straight, loaders_for(straight))
