@@ -1,13 +1,20 @@
-"""The one prediction path: predict_captcha on tensors from data_loader.preprocess_image."""
+"""The one prediction path: predict_captcha on tensors from data_loader.preprocess_image,
+and predict_images from encoded images or files to predictions, batch by batch."""
 
+import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
+from config import Config
+from data_loader import preprocess_image
 from device import autocast
 from labels import LabelCodec
+
+ImageSource = bytes | str | os.PathLike  # encoded image bytes or an image file
 
 
 @dataclass
@@ -41,6 +48,36 @@ def predict_captcha(model: torch.nn.Module, codec: LabelCodec, images: torch.Ten
         text = codec.decode(row_ids)
         out.append(Prediction(text, float(row_conf.prod()), [round(float(c), 4) for c in row_conf[: len(text)]]))
     return out
+
+
+def _preprocess_or_none(items: Sequence[ImageSource], config: Config) -> list[torch.Tensor | None]:
+    """One (C, H, W) tensor per item, None for an item that is not a readable image."""
+    tensors = []
+    for item in items:
+        try:
+            tensors.append(preprocess_image(item, config))
+        except Exception:  # any decoding error: the caller reports the item as unreadable
+            tensors.append(None)
+    return tensors
+
+
+def predict_images(
+    model: torch.nn.Module, codec: LabelCodec, config: Config, items: Sequence[ImageSource], batch_size: int = 64, progress: bool = False
+) -> Iterator[tuple[Prediction | None, torch.Tensor | None]]:
+    """Encoded images or image files -> (Prediction, image tensor (C, H, W)) per item, in order;
+    (None, None) for an item that is not a readable image. One batch is in memory at a time;
+    ``progress``: a bar when there are several batches.
+
+    Decoding the next batch in a background thread while the model reads this one was
+    measured and dropped: on 2 cores it gained nothing with onnxruntime and 7% with PyTorch.
+    """
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress or len(starts) <= 1):
+        tensors = _preprocess_or_none(items[start : start + batch_size], config)
+        good = [t for t in tensors if t is not None]
+        predictions = iter(predict_captcha(model, codec, torch.stack(good))) if good else iter(())
+        for tensor in tensors:
+            yield (next(predictions), tensor) if tensor is not None else (None, None)
 
 
 def run_inference(model: torch.nn.Module, codec: LabelCodec, loader, amp: bool = False, progress: bool = False):

@@ -13,13 +13,11 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from data_loader import preprocess_image
 from device import get_device
 from inputs import open_parquet
 from labels import parse_label
-from predict import predict_captcha
+from predict import predict_images
 from utils import load_recognizer
 from visualize import show_all_images_with_predictions
 
@@ -45,22 +43,6 @@ def collect_examples(paths: list[str], parquet: str | None, rows: int) -> list[E
         batch = next(table).to_pylist()
         examples += [Example(f"{parquet}#{i}", (r["image"] or {}).get("bytes") or b"", parse_label(r["text"])) for i, r in enumerate(batch)]
     return examples
-
-
-def predict_in_batches(model, codec, config, examples: list[Example], batch_size: int):
-    """Yield (example, Prediction, image tensor (C, H, W)) in order, one batch in memory at a
-    time; an example that is not a readable image yields (example, None, None)."""
-    for start in tqdm(range(0, len(examples), batch_size), desc="predicting", unit="batch", disable=len(examples) <= batch_size):
-        decoded = []
-        for ex in examples[start : start + batch_size]:
-            try:
-                decoded.append((ex, preprocess_image(ex.data, config)))
-            except Exception:
-                decoded.append((ex, None))
-        good = [(ex, t) for ex, t in decoded if t is not None]
-        predictions = iter(predict_captcha(model, codec, torch.stack([t for _, t in good]))) if good else iter(())
-        for ex, tensor in decoded:
-            yield (ex, next(predictions), tensor) if tensor is not None else (ex, None, None)
 
 
 def main() -> None:
@@ -92,7 +74,8 @@ def main() -> None:
         if a.csv:
             writer = csv.writer(stack.enter_context(open(a.csv, "w", newline="")))
             writer.writerow(["file", "prediction", "confidence", "char_confidences"])
-        for ex, pred, tensor in predict_in_batches(model, codec, config, examples, a.batch_size):
+        predictions = predict_images(model, codec, config, [ex.data for ex in examples], a.batch_size, progress=True)
+        for ex, (pred, tensor) in zip(examples, predictions):
             if pred is None:
                 failures.append(ex.name)
                 print(f"{ex.name}: skipped, not a readable image")

@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 from PIL import Image
 
 from data_loader import evaluation_loader, preprocess_image
 from labels import parse_label
-from predict import predict_captcha
+from predict import predict_captcha, predict_images
 from utils import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +99,16 @@ def test_scripts_without_a_checkpoint_say_how_to_train(tmp_path):
             result = subprocess.run([sys.executable, str(ROOT / script)], cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode != 0
         assert "train one with `python main.py`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_images_keeps_order_across_batches_and_marks_unreadable_items(tiny_checkpoint, tiny_parquet):
+    model, codec, config, _ = load_model(tiny_checkpoint)
+    blobs = [r["bytes"] for r in pq.read_table(tiny_parquet, columns=["image"]).column("image").to_pylist()[:9]]
+    items = blobs[:4] + [b"not an image"] + blobs[4:]  # the bad item in the middle of the second batch of 3
+    streamed = list(predict_images(model, codec, config, items, batch_size=3))
+    at_once = predict_captcha(model, codec, torch.stack([preprocess_image(b, config) for b in blobs]))
+    assert streamed[4] == (None, None)
+    good = streamed[:4] + streamed[5:]
+    assert [p.text for p, _ in good] == [p.text for p in at_once]
+    assert [p.confidence for p, _ in good] == pytest.approx([p.confidence for p in at_once], abs=1e-5)
+    assert all(torch.equal(t, preprocess_image(b, config)) for (_, t), b in zip(good, blobs))
