@@ -32,21 +32,26 @@ from predict import predict_captcha, predict_images
 from utils import load_model
 
 
+def one_by_one(read_one, images: list[bytes]) -> tuple[list[str], list[float]]:
+    """read_one(PNG bytes) -> text on each image alone: (texts, seconds per image)."""
+    texts, seconds = [], []
+    for b in images:
+        start = time.perf_counter()
+        texts.append(read_one(b))
+        seconds.append(time.perf_counter() - start)
+    return texts, seconds
+
+
 class OurReader:
-    """One of our engines (a CNNModel or an OnnxModel) behind the bench's three timings."""
+    """One of our engines (a CNNModel or an OnnxModel): called on one image's PNG bytes it
+    returns the text; ``batched`` and ``model_alone`` give the batch timings."""
 
     def __init__(self, model, codec, config):
         self.model, self.codec, self.config = model, codec, config
 
-    def one_by_one(self, images: list[bytes]) -> tuple[list[str], list[float]]:
-        """Each image alone, PNG bytes to text: (texts, seconds per image)."""
-        texts, seconds = [], []
-        for b in images:
-            start = time.perf_counter()
-            ((prediction, _),) = predict_images(self.model, self.codec, self.config, [b], batch_size=1)
-            seconds.append(time.perf_counter() - start)
-            texts.append(prediction.text)
-        return texts, seconds
+    def __call__(self, image: bytes) -> str:
+        ((prediction, _),) = predict_images(self.model, self.codec, self.config, [image], batch_size=1)
+        return prediction.text
 
     def batched(self, images: list[bytes], batch: int) -> float:
         """Images/s of test.py --csv's path over the whole set: PNG bytes to texts."""
@@ -61,23 +66,6 @@ class OurReader:
         for i in range(0, len(tensors), batch):
             predict_captcha(self.model, self.codec, tensors[i : i + batch])
         return len(tensors) / (time.perf_counter() - start)
-
-
-class DdddocrReader:
-    """ddddocr reads one image per call, so it has one-by-one figures only."""
-
-    def __init__(self):
-        import ddddocr
-
-        self.ocr = ddddocr.DdddOcr(show_ad=False)
-
-    def one_by_one(self, images: list[bytes]) -> tuple[list[str], list[float]]:
-        texts, seconds = [], []
-        for b in images:
-            start = time.perf_counter()
-            texts.append(self.ocr.classification(b))
-            seconds.append(time.perf_counter() - start)
-        return texts, seconds
 
 
 def main() -> None:
@@ -98,7 +86,9 @@ def main() -> None:
         engines["onnxruntime int8 (dynamic)"] = OurReader(*load_onnx(quantize_onnx(fp32, Path(tmp) / "model.int8.onnx"))[:3])
         if not a.no_ddddocr:
             try:
-                engines["ddddocr"] = DdddocrReader()
+                import ddddocr
+
+                engines["ddddocr"] = ddddocr.DdddOcr(show_ad=False).classification  # one image per call
             except ImportError:
                 print("ddddocr not installed (pip install -r requirements-bench.txt): skipped")
         tensors = torch.stack([preprocess_image(b, config) for b in images])
@@ -106,7 +96,7 @@ def main() -> None:
         texts = {}
         for _ in range(a.rounds):  # engines take turns, so a slow moment of the machine hits each alike
             for name, reader in engines.items():
-                texts[name], seconds = reader.one_by_one(images)
+                texts[name], seconds = one_by_one(reader, images)
                 run = {"rate1": len(images) / sum(seconds), "ms1": 1000 * statistics.median(seconds)}
                 if isinstance(reader, OurReader):
                     reader.batched(images[:64], 64)  # warm-up at this batch size
