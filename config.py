@@ -5,9 +5,12 @@ model and preprocessing from the checkpoint file alone.
 """
 
 import argparse
+import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 
 from labels import DEFAULT_CHARSET
+
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 12)
 
 
 def _opt(default, help: str, type=None, nargs=None):
@@ -49,7 +52,7 @@ class Config:
     drop_connect: float = _opt(0.0, "EfficientNet stochastic-depth rate (its own default is 0.2)")
     pretrained_weights: str = _opt("", "local EfficientNet ImageNet state_dict file to start the backbone from")
     # optimisation
-    epochs: int = _opt(9, "training epochs")
+    epochs: int = _opt(8, "training epochs")
     pretrain_epochs: int = _opt(-1, "epochs with the backbone frozen first (-1: 1 with pretrained weights, else 0)")
     batch_size: int = _opt(64, "images per step")
     lr: float = _opt(3e-3, "peak learning rate (AdamW, one-cycle schedule)")
@@ -62,7 +65,7 @@ class Config:
     sync_bn: bool = _opt(False, "SyncBatchNorm across torchrun processes (CUDA only), for small per-GPU batches")
     # run
     seed: int = _opt(0, "random seed for data order, init and dropout")
-    workers: int = _opt(2, "DataLoader worker processes")
+    workers: int = _opt(DEFAULT_WORKERS, "DataLoader worker processes (default: one per CPU core, at most 12)")
     device: str = _opt("auto", "auto, cpu, cuda or mps")
     out_dir: str = _opt("saved_models", "where run folders are created")
     run_name: str = _opt("", "run folder name (default: a timestamp)")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import distributed
 from config import Config
+from device import get_device
 from image_store import ImageStore, build_cache, read_cache
 from inputs import decode_image, find_parquet_files, to_model_mode
 from labels import SPLITS, LabelCodec, label_problem, split_for
@@ -36,8 +37,10 @@ class SquarePadAndResize:
         w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
         canvas = Image.new(img.mode, (self.width, self.height), (self.fill,) * len(img.getbands()))
         canvas.paste(img.resize((w, h), Image.BILINEAR), ((self.width - w) // 2, (self.height - h) // 2))
-        arr = np.asarray(canvas, dtype=np.float32).reshape(self.height, self.width, -1)
-        return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+        arr = np.ascontiguousarray(np.asarray(canvas).reshape(self.height, self.width, -1).transpose(2, 0, 1), dtype=np.float32)
+        arr /= 127.5
+        arr -= 1.0
+        return torch.from_numpy(arr)
 
 
 def preprocess_image(image: Image.Image | bytes | str | os.PathLike, config: Config) -> torch.Tensor:
@@ -161,6 +164,7 @@ def _loader(dataset: CaptchaDataset, config: Config, shuffle: bool) -> DataLoade
         drop_last=shuffle and len(dataset) > config.batch_size,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
+        pin_memory=get_device(config.device).type == "cuda",
         collate_fn=collate_skipping_bad,
         generator=torch.Generator().manual_seed(config.seed),
         worker_init_fn=_lower_priority,

@@ -6,14 +6,14 @@ import torch
 
 
 def get_device(name: str = "auto") -> torch.device:
-    """The named device; "auto" picks cuda, then mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The named device; "auto" picks cuda, then mps, then cpu. On CUDA it also turns on
+    cuDNN's kernel autotuning, which pays off because every batch has the same input shape."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:

@@ -43,8 +43,10 @@ def to_model_mode(img: Image.Image, channels: int = 3) -> Image.Image:
     """Any PIL image -> "RGB" (or "L" for ``channels == 1``); 16-bit gray is scaled to 8 bits."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = Image.fromarray((np.asarray(img, dtype=np.float32) / 256).clip(0, 255).astype(np.uint8))
-    img = img.convert("RGB")
-    return img.convert("L") if channels == 1 else img
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")  # palette, alpha, CMYK, ...
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)  # no copy when it is already there
 
 
 def open_parquet(path: Path) -> pq.ParquetFile:

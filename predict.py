@@ -42,9 +42,8 @@ def predict_captcha(model: torch.nn.Module, codec: LabelCodec, images: torch.Ten
         images = images.to(device, memory_format=torch.channels_last)
     with autocast(device, amp):
         ids, conf = predict_batch(model, images)
-    ids, conf = ids.cpu(), conf.cpu()
     out = []
-    for row_ids, row_conf in zip(ids, conf):
+    for row_ids, row_conf in zip(ids.tolist(), conf.cpu().numpy()):
         text = codec.decode(row_ids)
         out.append(Prediction(text, float(row_conf.prod()), [round(float(c), 4) for c in row_conf[: len(text)]]))
     return out

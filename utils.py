@@ -344,7 +344,8 @@ def _check_replicas(model: nn.Module) -> None:
 def train_step(net, parts, images, targets, config: Config, device, memory_format) -> tuple[float, int]:
     """One optimisation step on images (B, C, H, W), targets (B, max_len); returns (loss, sequences right)."""
     model, optimizer, scheduler, scaler = parts
-    images, targets = images.to(device, memory_format=memory_format), targets.to(device)
+    images = images.to(device, memory_format=memory_format, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
     with autocast(device, config.amp):
         logits, ctc_logits = net(images, with_ctc=True)
     loss = recognition_loss(logits.float(), ctc_logits.float(), targets, config)

@@ -2,65 +2,88 @@
 model, batch and input size, and the DataLoader alone.
 
     python bench/bench_training_loop.py --steps 200
+    python bench/bench_training_loop.py --steps 300 --amp --batch-size 256   # on a GPU
 
 On the same generated captchas, with the default Config (model, batch, input size, workers):
   bare loop      one batch decoded once and kept in memory; forward, loss, backward, AdamW
-                 (float32, and with bfloat16 autocast as --amp uses on a CPU)
+                 (float32, and with the autocast dtype --amp uses: bfloat16 on CPUs and recent GPUs)
   train_step     train_model's own step function on that in-memory batch: the bare loop
                  plus gradient clipping, the one-cycle schedule and counting right answers
   train_model    what main.py runs: load_data's DataLoader, one-cycle schedule, progress bar,
                  accounting; images/s from its epoch line (validation not included)
   DataLoader     the training loader alone (decode, preprocess, collate), with the default
                  workers and with one worker; and with one worker and augmentation on
+With --amp, train_step and train_model are compared with the autocast bare loop.
 Targets (issue 7): train_model at least 90% of the bare loop; the DataLoader at least 5x
 train_model's images/s and at least 1,000 images/s per worker.
 """
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
 
-from common import machine
+from common import device_name, machine
+
+
+def timed_steps(step, steps: int, device) -> float:
+    """Seconds for ``steps`` calls of ``step()`` after a few untimed warm-up calls (CUDA's
+    lazy initialisation and kernel selection), the device synchronised at both ends."""
+    import torch
+
+    for _ in range(min(5, steps)):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def bare_loop(config, images, targets, steps: int, amp: bool = False) -> float:
-    """Images/s of forward + loss + backward + AdamW step on one in-memory batch
-    (with ``amp``: bfloat16 autocast, as main.py --amp on a CPU)."""
+    """Images/s of forward + loss + backward + AdamW step on one in-memory batch on the
+    config's device (with ``amp``: the autocast dtype main.py --amp uses there)."""
     import torch
 
-    from device import autocast
+    from device import autocast, get_device
     from utils import build_model, recognition_loss, seed_everything
 
     seed_everything(config.seed)
-    model = build_model(config).to(memory_format=torch.channels_last).train()
+    device = get_device(config.device)
+    model = build_model(config).to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    images = images.contiguous(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    for _ in range(steps):
-        with autocast(images.device, amp):
+    images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
+
+    def step():
+        with autocast(device, amp):
             logits, ctc_logits = model(images, with_ctc=True)
         loss = recognition_loss(logits.float(), ctc_logits.float(), targets, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return steps * len(images) / (time.perf_counter() - start)
+
+    return steps * len(images) / timed_steps(step, steps, device)
 
 
 def step_loop(config, images, targets, steps: int) -> float:
     """Images/s of utils.train_step (what train_model runs per batch) on one in-memory batch."""
     import torch
 
+    from device import get_device, grad_scaler
     from utils import build_model, optimizer_and_schedule, seed_everything, train_step
 
     seed_everything(config.seed)
-    model = build_model(config).to(memory_format=torch.channels_last).train()
-    parts = (model, *optimizer_and_schedule(model, config, steps), torch.amp.GradScaler("cpu", enabled=False))
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, parts, images, targets, config, images.device, torch.channels_last)
-    return steps * len(images) / (time.perf_counter() - start)
+    device = get_device(config.device)
+    model = build_model(config).to(device, memory_format=torch.channels_last).train()
+    parts = (model, *optimizer_and_schedule(model, config, steps + 5), grad_scaler(device, config.amp))
+    images, targets = images.to(device), targets.to(device)
+    seconds = timed_steps(lambda: train_step(model, parts, images, targets, config, device, torch.channels_last), steps, device)
+    return steps * len(images) / seconds
 
 
 def loader_alone(loader, batches: int) -> float:
@@ -78,6 +101,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="training steps measured in each loop")
     p.add_argument("--rows", type=int, default=0, help="captchas generated (default: enough for the steps)")
     p.add_argument("--batch-size", type=int, default=0, help="batch size (0: the default Config's)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: the default Config's)")
+    p.add_argument("--amp", action="store_true", help="train_step and train_model with mixed precision (main.py --amp)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--json", default="", help="also write the figures (images/s) to this JSON file")
     a = p.parse_args()
     from captcha_generator import generate_captcha_data
     from checkpoints import load_checkpoint
@@ -89,9 +116,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # augmentation off, as in the default run (its 45,000 training rows are above the
         # "auto" threshold); the bench set is smaller, so "auto" would switch it on
-        config = Config(out_dir=tmp, run_name="bench", epochs=1, max_steps=a.steps, augment="off")
+        config = Config(out_dir=tmp, run_name="bench", epochs=1, max_steps=a.steps, augment="off", amp=a.amp, device=a.device)
         if a.batch_size:
             config = dataclasses.replace(config, batch_size=a.batch_size)
+        if a.workers:
+            config = dataclasses.replace(config, workers=a.workers)
         rows = a.rows or int(a.steps * config.batch_size / 0.85) + 200
         data = generate_captcha_data(rows, Path(tmp) / "bench.parquet", seed=5)
         config = dataclasses.replace(config, data=[str(data)])
@@ -108,15 +137,21 @@ def main() -> None:
         one = loader_alone(load_data(dataclasses.replace(config, workers=1), codec)["train"], batches)
         augmented = loader_alone(load_data(dataclasses.replace(config, workers=1, augment="on"), codec)["train"], batches)
     print(f"machine: {machine()}")
+    print(f"device: {device_name(config.device)}, train_step and train_model {'with' if config.amp else 'without'} --amp")
     print(f"model {config.variant} stages {config.stages}, input {config.img_height}x{config.img_width}, batch {config.batch_size}")
     print(f"| loop | images/s | ratio |\n|---|---|---|\n| bare PyTorch loop, in-memory batch | {bare:.0f} | 1.00 |")
-    print(f"| bare PyTorch loop, bfloat16 autocast (--amp) | {bf16:.0f} | {bf16 / bare:.2f} |")
-    print(f"| train_step on the in-memory batch (+ clipping, schedule, counting) | {stepped:.0f} | {stepped / bare:.2f} |")
-    ratios = f"{trained / bare:.2f} of bare, {trained / stepped:.2f} of train_step"
+    print(f"| bare PyTorch loop, autocast (--amp) | {bf16:.0f} | {bf16 / bare:.2f} |")
+    same = bf16 if config.amp else bare
+    precision = "the autocast bare loop" if config.amp else "bare"
+    print(f"| train_step on the in-memory batch (+ clipping, schedule, counting) | {stepped:.0f} | {stepped / same:.2f} of {precision} |")
+    ratios = f"{trained / same:.2f} of {precision}, {trained / stepped:.2f} of train_step"
     print(f"| train_model (main.py), {config.workers} workers | {trained:.0f} | {ratios} |")
     print(f"| DataLoader alone, {config.workers} workers | {feed:.0f} | {feed / trained:.1f}x train_model |")
     print(f"| DataLoader alone, 1 worker | {one:.0f} | per worker |")
     print(f"| DataLoader alone, 1 worker, augmentation on (default below 20,000 rows) | {augmented:.0f} | per worker |")
+    if a.json:
+        figures = {"bare": bare, "amp": bf16, "train_step": stepped, "train_model": trained, "loader": feed, "loader_1_worker": one}
+        Path(a.json).write_text(json.dumps({"machine": machine(), "config": dataclasses.asdict(config), "images_per_s": figures}, indent=1))
 
 
 if __name__ == "__main__":

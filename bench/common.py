@@ -17,12 +17,29 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
+    """The CPU, cores, memory and Python of this machine, and its CUDA GPU if it has one."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}{gpu}"
+
+
+def device_name(name: str = "auto") -> str:
+    """The device a run with ``--device name`` uses, with the GPU's name and memory on CUDA."""
+    import torch
+
+    from device import get_device
+
+    device = get_device(name)
+    if device.type != "cuda":
+        return device.type
+    props = torch.cuda.get_device_properties(device)
+    return f"cuda: {props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
 
 
 def accuracy_report(checkpoint: Path, data: Path, json_path: Path) -> dict:

@@ -1,6 +1,7 @@
 """Each bench script runs on a tiny setting (the figures come from running them in full)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,9 +78,37 @@ def test_bench_accuracy_curve_scores_each_snapshot(tiny_parquet, tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 0 and "minutes-" in out
 
 
-def test_bench_training_loop_runs():
-    out = run("bench/bench_training_loop.py", "--steps", "2", "--rows", "60", "--batch-size", "8")
-    loops = ("bare PyTorch loop", "bare PyTorch loop, bfloat16", "train_step on the in-memory batch", "train_model (main.py)")
+def test_bench_training_loop_runs(tmp_path):
+    figures = tmp_path / "loop.json"
+    out = run(
+        "bench/bench_training_loop.py",
+        "--steps",
+        "2",
+        "--rows",
+        "60",
+        "--batch-size",
+        "8",
+        "--workers",
+        "2",
+        "--amp",
+        "--json",
+        str(figures),
+    )
+    loops = ("bare PyTorch loop", "bare PyTorch loop, autocast", "train_step on the in-memory batch", "train_model (main.py)")
     loops += ("DataLoader alone, 2 workers",)
     loops += ("DataLoader alone, 1 worker", "DataLoader alone, 1 worker, augmentation on")
     assert all(f"| {loop}" in out for loop in loops)
+    written = json.loads(figures.read_text())
+    assert written["config"]["amp"] and written["config"]["workers"] == 2 and written["config"]["batch_size"] == 8
+    assert all(written["images_per_s"][k] > 0 for k in ("bare", "amp", "train_step", "train_model", "loader", "loader_1_worker"))
+
+
+def test_gpu_check_script_runs_both_steps_on_a_tiny_setting(tmp_path):
+    env = {**os.environ, "LOOP_STEPS": "2", "LOOP_ROWS": "60", "PYTHON": sys.executable}
+    cmd = ["bash", "bench/gpu_check.sh", str(tmp_path), "0.001", "120", "8"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    assert "| train_model (main.py)" in (tmp_path / "loop.log").read_text()
+    assert "epochs sized to ~0.001 min: 1" in result.stdout  # at most 1 epoch fits 0.06 s
+    rows = json.loads((tmp_path / "curve.json").read_text())["rows"]
+    assert rows[-1]["checkpoint"] == "last.pt" and (tmp_path / "curve.png").stat().st_size > 0
