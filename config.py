@@ -10,7 +10,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 
 from labels import DEFAULT_CHARSET
 
-DEFAULT_WORKERS = min(os.cpu_count() or 1, 12)
+CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+DEFAULT_WORKERS = min(CPU_CORES, 12)
 
 
 def _opt(default, help: str, type=None, nargs=None):
@@ -65,7 +66,7 @@ class Config:
     sync_bn: bool = _opt(False, "SyncBatchNorm across torchrun processes (CUDA only), for small per-GPU batches")
     # run
     seed: int = _opt(0, "random seed for data order, init and dropout")
-    workers: int = _opt(DEFAULT_WORKERS, "DataLoader worker processes (default: one per CPU core, at most 12)")
+    workers: int = _opt(DEFAULT_WORKERS, "DataLoader worker processes (default: one per CPU core this process may use, at most 12)")
     device: str = _opt("auto", "auto, cpu, cuda or mps")
     out_dir: str = _opt("saved_models", "where run folders are created")
     run_name: str = _opt("", "run folder name (default: a timestamp)")

@@ -27,13 +27,15 @@ from pathlib import Path
 
 from common import device_name, machine
 
+WARMUP_STEPS = 5  # untimed: CUDA's lazy initialisation and kernel selection happen here
+
 
 def timed_steps(step, steps: int, device) -> float:
-    """Seconds for ``steps`` calls of ``step()`` after a few untimed warm-up calls (CUDA's
-    lazy initialisation and kernel selection), the device synchronised at both ends."""
+    """Seconds for ``steps`` calls of ``step()`` after WARMUP_STEPS untimed calls, the device
+    synchronised at both ends."""
     import torch
 
-    for _ in range(min(5, steps)):
+    for _ in range(WARMUP_STEPS):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -80,7 +82,7 @@ def step_loop(config, images, targets, steps: int) -> float:
     seed_everything(config.seed)
     device = get_device(config.device)
     model = build_model(config).to(device, memory_format=torch.channels_last).train()
-    parts = (model, *optimizer_and_schedule(model, config, steps + 5), grad_scaler(device, config.amp))
+    parts = (model, *optimizer_and_schedule(model, config, WARMUP_STEPS + steps), grad_scaler(device, config.amp))
     images, targets = images.to(device), targets.to(device)
     seconds = timed_steps(lambda: train_step(model, parts, images, targets, config, device, torch.channels_last), steps, device)
     return steps * len(images) / seconds
