@@ -31,8 +31,8 @@ mkdir -p "$out"
 
 data="$out/gen-seed0-$captchas.parquet"
 [ -f "$data" ] || "$py" captcha_generator.py --count "$captchas" --seed 0 --output "$data" --grid '' 2>&1 | tail -n 2
-epochs=$("$py" -c "import json, sys; ips = json.load(open(sys.argv[1]))['images_per_s']['train_model']; \
-print(max(1, round($minutes * 60 * ips / (0.9 * $captchas))))" "$out/loop.json")
+epochs=$("$py" -c "import json, sys; loop = json.load(open(sys.argv[1])); train = float(loop['config']['split_ratios'].split(',')[0]); \
+print(max(1, round($minutes * 60 * loop['images_per_s']['train_model'] / (train * $captchas))))" "$out/loop.json")
 echo "epochs sized to ~$minutes min: $epochs"
 
 "$py" bench/bench_accuracy_curve.py --every 1 --out "$out/curve" -- --data "$data" $amp --batch-size "$batch" \
