@@ -25,6 +25,13 @@ def test_bench_make_dataset_runs():
     assert "MiB/s" in out and "peak PSS" in out
 
 
+def test_bench_preprocess_times_every_stage():
+    out = run("bench/bench_preprocess.py", "--images", "8", "--repeats", "1", "--batch-size", "4")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
+    assert len(rows) >= 7 and all(float(r.split("|")[2]) > 0 for r in rows)
+    assert any(r.startswith("| SquarePadAndResize") for r in rows) and any(r.startswith("| answers from logits") for r in rows)
+
+
 def test_bench_inference_runs(tiny_checkpoint):
     out = run("bench/bench_inference.py", "--checkpoint", str(tiny_checkpoint), "--images", "8", "--no-ddddocr")
     for engine in ("PyTorch eager", "onnxruntime float32", "onnxruntime int8 (dynamic)"):
