@@ -10,9 +10,9 @@
 #    main.py run at BATCH_SIZE (with --amp if given) whose epochs are sized from step 1's
 #    train_model images/s to last about TRAIN_MINUTES, a snapshot every minute, each
 #    scored on the usual 2,000 fresh held-out captchas (seed 99).
-# On the H200 of bench/RESULTS.md step 1 took about 4 minutes, about 2 of them in its
-# single-worker loader loops, which now stop after 8,192 images; allow the whole script
-# TRAIN_MINUTES + 6 minutes.
+# On the H200 of bench/RESULTS.md step 1 (LOOP_STEPS=100) and the generation of 200,000
+# captchas took about 3.5 minutes and scoring takes about 15 s per snapshot: allow the
+# whole script TRAIN_MINUTES + 6 minutes (a 600 s command limit fits 4 minutes of training).
 # Everything is written to OUT_DIR (loop.json, curve.json, curve.png and the two logs).
 # LOOP_STEPS and LOOP_ROWS (default 150 and 40000) size step 1, for a smoke run on a CPU;
 # PYTHON names the interpreter (default python3).
