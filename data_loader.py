@@ -6,10 +6,12 @@ bytes on disk, read one at a time and decoded in the DataLoader workers.
 
 import itertools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -21,37 +23,65 @@ from inputs import decode_image, find_parquet_files, to_model_mode
 from labels import SPLITS, LabelCodec, label_problem, split_for
 
 
+def image_pixels(image: Image.Image | bytes | str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """A PIL image, encoded bytes or an image file path -> its pixels (h, w, channels) uint8,
+    in the model's colour mode. Raises the decoder's errors for anything that is not an image."""
+    if isinstance(image, (str, os.PathLike)):
+        image = Path(image).read_bytes()
+    image = decode_image(image, channels) if isinstance(image, bytes) else to_model_mode(image, channels)
+    return np.asarray(image).reshape(image.height, image.width, channels)
+
+
 class SquarePadAndResize:
-    """Resize a PIL image to fit (height, width) keeping its aspect ratio, centre it and pad.
+    """Resize images to fit (height, width) keeping their aspect ratio, centre them and pad.
 
     Despite the historical name the target is rectangular (wide by default): captchas
     are about 3:1, and padding them to a square would waste two thirds of the input.
-    Returns a float tensor of shape (C, height, width) scaled to [-1, 1].
+    Resizing is torch's antialiased bilinear interpolation on uint8 pixels (within 2 levels
+    of PIL's BILINEAR). ``batch`` resizes same-size images in one call: exactly the tensors
+    of one-by-one calls at about half the cost per image (bench_preprocess.py).
     """
 
     def __init__(self, height: int, width: int, fill: int = 255):
         self.height, self.width, self.fill = height, width, fill
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        scale = min(self.height / img.height, self.width / img.width)
-        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-        canvas = Image.new(img.mode, (self.width, self.height), (self.fill,) * len(img.getbands()))
-        canvas.paste(img.resize((w, h), Image.BILINEAR), ((self.width - w) // 2, (self.height - h) // 2))
-        arr = np.ascontiguousarray(np.asarray(canvas).reshape(self.height, self.width, -1).transpose(2, 0, 1), dtype=np.float32)
-        arr /= 127.5
-        arr -= 1.0
-        return torch.from_numpy(arr)
+    def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
+        """One PIL image (in the model's colour mode) or pixels (h, w, C) uint8 -> float (C, height, width) in [-1, 1]."""
+        if isinstance(img, Image.Image):
+            img = np.asarray(img).reshape(img.height, img.width, len(img.getbands()))
+        return self.batch([img])[0]
+
+    def batch(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        """Pixels (h_i, w_i, C) uint8, sizes may differ -> float (N, C, height, width) in [-1, 1]."""
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(pixels):
+            groups.setdefault(p.shape, []).append(i)
+        if len(groups) == 1:
+            return self._resize(np.stack(pixels))
+        out = torch.empty(len(pixels), pixels[0].shape[2], self.height, self.width)
+        for indices in groups.values():
+            out[indices] = self._resize(np.stack([pixels[i] for i in indices]))
+        return out
+
+    def _resize(self, pixels: np.ndarray) -> torch.Tensor:
+        """Same-size pixels (N, h, w, C) uint8 -> float (N, C, height, width)."""
+        n, h0, w0, c = pixels.shape
+        scale = min(self.height / h0, self.width / w0)
+        w, h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # channels-last strides, as the fast uint8 kernel wants
+        canvas = torch.full((n, c, self.height, self.width), self.fill, dtype=torch.uint8)
+        top, left = (self.height - h) // 2, (self.width - w) // 2
+        canvas[:, :, top : top + h, left : left + w] = F.interpolate(images, size=(h, w), mode="bilinear", antialias=True)
+        return canvas.float().div_(127.5).sub_(1.0)
 
 
 def preprocess_image(image: Image.Image | bytes | str | os.PathLike, config: Config) -> torch.Tensor:
     """A PIL image, encoded bytes or an image file path -> tensor (C, H, W) as the model sees it.
 
-    The one preprocessing path: training, evaluation, test.py and the web demo all call it.
+    The one preprocessing path: training, evaluation, test.py and the web demo all call it
+    (predict.py through ``SquarePadAndResize.batch``, which gives the same tensors).
     """
-    if isinstance(image, (str, os.PathLike)):
-        image = Path(image).read_bytes()
-    image = decode_image(image, config.channels) if isinstance(image, bytes) else to_model_mode(image, config.channels)
-    return SquarePadAndResize(config.img_height, config.img_width)(image)
+    return SquarePadAndResize(config.img_height, config.img_width)(image_pixels(image, config.channels))
 
 
 class CaptchaDataset(Dataset):

@@ -1,11 +1,12 @@
 """Where the preprocessing that every engine shares spends its time, per image: PNG
-decoding, the colour-mode step, SquarePadAndResize, stacking a batch, and turning the
-model's output into answers (predict_captcha around a model that costs nothing).
+decoding, the colour-mode step, SquarePadAndResize one image at a time (as the training
+workers call it) and a batch at a time (as predict.py calls it), stacking a batch, and
+turning the model's output into answers (predict_captcha around a model that costs nothing).
 
     python bench/bench_preprocess.py --images 512
 
 Each stage runs --repeats times over the same fresh captchas (default style); the best
-time is reported, in microseconds per image, on one thread as inference runs it per image.
+time is reported, in microseconds per image, on one thread.
 Other PNG decoders (torchvision's, and OpenCV's where installed) are timed beside PIL's.
 """
 
@@ -51,7 +52,7 @@ def main() -> None:
 
     from captcha_generator import CaptchaStyle, render_rows
     from config import Config
-    from data_loader import SquarePadAndResize
+    from data_loader import SquarePadAndResize, image_pixels
     from inputs import decode_image, to_model_mode
     from labels import LabelCodec
     from predict import predict_captcha
@@ -62,6 +63,8 @@ def main() -> None:
     decoded = [decode_image(b, config.channels) for b in blobs]
     resize = SquarePadAndResize(config.img_height, config.img_width)
     tensors = [resize(img) for img in decoded]
+    pixels = [image_pixels(img, config.channels) for img in decoded]
+    pixel_batches = [pixels[i : i + a.batch_size] for i in range(0, len(pixels), a.batch_size)]
     batches = [tensors[i : i + a.batch_size] for i in range(0, len(tensors), a.batch_size)]
     codec = LabelCodec(config.charset, config.max_len)
     logits = torch.randn(a.batch_size, config.max_len, len(config.charset) + 1, generator=torch.Generator().manual_seed(0))
@@ -74,7 +77,8 @@ def main() -> None:
         "PNG decoding (torchvision.io.decode_png)": lambda: [torchvision.io.decode_png(raw) for raw in raw_pngs],
         "colour mode (to_model_mode on decoded images)": lambda: [to_model_mode(img, config.channels) for img in decoded],
         "decode_image (decoding + colour mode)": lambda: [decode_image(b, config.channels) for b in blobs],
-        f"SquarePadAndResize to {config.img_height}x{config.img_width}": lambda: [resize(img) for img in decoded],
+        f"SquarePadAndResize to {config.img_height}x{config.img_width}, one image at a time": lambda: [resize(img) for img in decoded],
+        f"SquarePadAndResize.batch, batches of {a.batch_size}": lambda: [resize.batch(batch) for batch in pixel_batches],
         f"torch.stack, batches of {a.batch_size}": lambda: [torch.stack(batch) for batch in batches],
         "answers from logits (predict_captcha without a network)": lambda: [predict_captcha(free, codec, s) for s in stacked],
     }

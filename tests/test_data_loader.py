@@ -37,6 +37,18 @@ def test_pad_and_resize_tall_image_pads_width():
     assert (out[0] < 0).any(dim=0).sum() == 6
 
 
+def test_pad_and_resize_batch_equals_one_by_one_and_stays_close_to_pil():
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in [(50, 150, 3), (30, 70, 3), (50, 150, 3), (64, 64, 3)]]
+    resize = SquarePadAndResize(40, 128)
+    batch = resize.batch(pixels)
+    assert batch.shape == (4, 3, 40, 128)
+    assert all(torch.equal(batch[i], resize(p)) for i, p in enumerate(pixels))
+    pil = np.asarray(Image.fromarray(pixels[0]).resize((120, 40), Image.BILINEAR)).transpose(2, 0, 1)
+    ours = (batch[0, :, :, 4:124] + 1) * 127.5
+    assert np.abs(ours.numpy() - pil).max() <= 2.01  # PIL's BILINEAR within 2 levels; 4 px of padding each side
+
+
 @pytest.mark.parametrize(
     "img",
     [
