@@ -61,7 +61,6 @@ class Config:
     label_smoothing: float = _opt(0.05, "cross-entropy label smoothing")
     ctc_weight: float = _opt(1.0, "weight of the auxiliary CTC loss on the feature columns (0: off)")
     grad_clip: float = _opt(2.0, "gradient norm clip (0: off)")
-    ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999), validated and saved as the model (0: off)")
     channels_last: bool = _opt(True, "channels_last memory format (2x faster on CPU here)")
     amp: bool = _opt(False, "mixed precision: bfloat16 autocast where supported, else float16 with a GradScaler (CUDA)")
     sync_bn: bool = _opt(False, "SyncBatchNorm across torchrun processes (CUDA only), for small per-GPU batches")

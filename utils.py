@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import distributed
@@ -239,12 +238,11 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
     scaler = grad_scaler(device, config.amp)
     start_epoch, best, history, partial = 0, -1.0, [], None
     if resume:
-        load_weights(model, resume.get("trained_model", resume["model"]), config.resume)
+        load_weights(model, resume["model"], config.resume)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume.get("scaler") or {})
         start_epoch, best, history, partial = resume["epoch"] + 1, resume["best_metric"], resume["history"], resume.get("partial")
-    ema = moving_average(model, config.ema, resume)
     frozen_epochs = _pretrain_epochs(config)
     parts = (model, optimizer, scheduler, scaler)
     done_steps, prior_seconds = 0, resume.get("train_seconds", 0.0) if resume else 0.0
@@ -254,8 +252,6 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
     def save(name: str, epoch: int, **extra) -> None:
         if main_rank:
             state = _state(*parts, config, epoch, history) | {"train_seconds": time.perf_counter() - run_start}
-            if ema:
-                state |= {"model": ema.module.state_dict(), "trained_model": state["model"], "ema_updates": int(ema.n_averaged)}
             save_checkpoint(run_dir / name, **state, best_metric=best, **extra)
 
     with stop_requests() as stop:
@@ -278,8 +274,6 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                 sums["bad"] += n_bad
                 if images is not None:
                     loss, correct = train_step(net, parts, images, targets, config, device, memory_format)
-                    if ema:
-                        ema.update_parameters(model)
                     sums["loss"] += loss * len(images)
                     sums["seen"] += len(images)
                     sums["correct"] += correct
@@ -295,7 +289,8 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                     raise Interrupted(run_dir / "last.pt")
             bar.close()
             train_time = time.perf_counter() - start
-            metrics = validate(ema.module if ema else model, codec, loaders["val"], config.amp)
+            predictions, labels, _, _ = run_inference(model, codec, loaders["val"], config.amp)
+            metrics = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
             loss_sum, seen, correct, bad = distributed.sum_all([sums["loss"], sums["seen"], sums["correct"], sums["bad"]])
             row = {
                 "epoch": epoch + 1,
@@ -307,15 +302,12 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                 "bad_rows": int(bad),
                 "lr": round(scheduler.get_last_lr()[0], 7),
             }
-            if ema:
-                row["val_seq_acc_trained"] = round(validate(model, codec, loaders["val"], config.amp)["seq_acc"], 5)
             history.append(row)
             if main_rank:
                 print(
                     f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
                     f"val acc {row['val_seq_acc']:.2%}  CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {row['bad_rows']}"
                     + ("  (backbone frozen)" if epoch < frozen_epochs else "")
-                    + (f"  (average of weights; trained weights {row['val_seq_acc_trained']:.2%})" if ema else "")
                 )
             if metrics["seq_acc"] > best:
                 best = metrics["seq_acc"]
@@ -334,25 +326,6 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
     if distributed.active():
         _check_replicas(model)
     return run_dir
-
-
-def moving_average(model: nn.Module, decay: float, resume: dict | None) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights and batch-norm statistics, updated
-    after each step (the first update copies the weights), or None for ``decay`` 0. A resumed
-    run restores it from the checkpoint, whose "model" it is."""
-    if not decay:
-        return None
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    if resume and "ema_updates" in resume:
-        ema.module.load_state_dict(resume["model"])
-        ema.n_averaged.fill_(resume["ema_updates"])
-    return ema
-
-
-def validate(model: nn.Module, codec: LabelCodec, loader, amp: bool) -> dict:
-    """Sequence accuracy and CER of ``model`` on ``loader``, over every process under torchrun."""
-    predictions, labels, _, _ = run_inference(model, codec, loader, amp)
-    return sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
 
 
 def _check_replicas(model: nn.Module) -> None:

@@ -162,26 +162,3 @@ def test_an_empty_dataset_and_missing_columns_are_clear_errors(tmp_path, tiny_co
     pq.write_table(pa.table({"image": [{"bytes": _png(), "path": "a.png"}]}), no_text)
     with pytest.raises(ValueError, match=r"no_text.parquet: missing column\(s\) \['text'\]"):
         loaders_for(dataclasses.replace(tiny_config, data=[str(no_text)]))
-
-
-def test_moving_average_is_saved_as_the_model_and_resumes_exactly(tiny_config):
-    config = dataclasses.replace(tiny_config, epochs=1, max_steps=2, ema=0.5, run_name="stopped")
-    with pytest.raises(Interrupted) as info:
-        train_model(config, loaders_for(config), stop_after_steps=1)
-    first = load_checkpoint(info.value.checkpoint)
-    assert first["ema_updates"] == 1
-    for name, tensor in first["trained_model"].items():  # the first update copies the weights
-        assert torch.equal(first["model"][name], tensor), name
-    resumed = dataclasses.replace(config, resume=str(info.value.checkpoint))
-    final = load_checkpoint(train_model(resumed, loaders_for(resumed)) / "last.pt")
-    assert final["ema_updates"] == 2
-    floating = [name for name, tensor in first["trained_model"].items() if tensor.is_floating_point()]
-    assert any(not torch.equal(first["trained_model"][n], final["trained_model"][n]) for n in floating)
-    for name in floating:  # decay 0.5: the average of the two steps' weights
-        torch.testing.assert_close(final["model"][name], 0.5 * first["trained_model"][name] + 0.5 * final["trained_model"][name])
-    straight = dataclasses.replace(config, run_name="straight")
-    reference = load_checkpoint(train_model(straight, loaders_for(straight)) / "last.pt")
-    assert comparable(final["history"]) == comparable(reference["history"]) and "val_seq_acc_trained" in final["history"][0]
-    for key in ("model", "trained_model"):
-        for name, tensor in reference[key].items():
-            assert torch.equal(tensor, final[key][name]), (key, name)
