@@ -66,10 +66,12 @@ def train(config: Config) -> None:
         raise SystemExit(f"main.py: {err}") from None
     if not distributed.is_main():
         return
+    picture = "none (no validation images)"
     if len(loaders["val"].dataset):
         temperature, before, after = calibrate_checkpoint(run_dir / "best.pt", loaders["val"], get_device(config.device))
         print(f"confidences calibrated on the validation split: temperature {temperature:.3f} in best.pt (NLL {before:.4f} -> {after:.4f})")
-    picture = CaptchaVisualizer(run_dir / "best.pt").visualize_predictions(loaders["val"].dataset, run_dir / "predictions.png")
+        shown = CaptchaVisualizer(run_dir / "best.pt").visualize_predictions(loaders["val"].dataset, run_dir / "predictions.png")
+        picture = shown or picture
     print(f"checkpoints: {run_dir / 'best.pt'} (best), {run_dir / 'last.pt'} (last)")
     print(f"metrics: {run_dir / 'metrics.csv'}, curves: {run_dir / 'curves.png'}, predictions: {picture}")
 

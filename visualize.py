@@ -46,9 +46,12 @@ class CaptchaVisualizer:
         ax.set_title(title, fontsize=9, color=colour, family="monospace")
         ax.axis("off")
 
-    def visualize_predictions(self, dataset, output: str | os.PathLike, n: int = 24) -> Path:
-        """Save a grid of the first ``n`` decodable items of a CaptchaDataset with predictions."""
+    def visualize_predictions(self, dataset, output: str | os.PathLike, n: int = 24) -> Path | None:
+        """Save a grid of the first ``n`` decodable items of a CaptchaDataset with predictions;
+        None (nothing saved) when none of the first 2n items decodes."""
         items = [it for it in (dataset[i] for i in range(min(len(dataset), n * 2))) if it is not None][:n]
+        if not items:
+            return None
         images = torch.stack([img for img, _ in items])
         truths = self.decode_labels(torch.stack([t for _, t in items]))
         return show_all_images_with_predictions(images, self.decode_predictions(images), truths, output)

@@ -20,8 +20,27 @@ from captcha_generator import SCHEMA, TEXT_TEMPLATE, generate_random_string
 from labels import DEFAULT_CHARSET
 
 
+class SeededSecrets:
+    """The part of the ``secrets`` module that captcha.image draws from (randbelow, randbits,
+    choice), served by a seeded ``random.Random``: captcha 0.7 reads the OS's entropy, so
+    without this no seed would give the same captchas twice."""
+
+    def __init__(self, seed: str):
+        self._rng = random.Random(seed)
+
+    def randbelow(self, n: int) -> int:
+        return self._rng.randrange(n)
+
+    def randbits(self, k: int) -> int:
+        return self._rng.getrandbits(k)
+
+    def choice(self, seq):
+        return self._rng.choice(seq)
+
+
 def write_third_party(count: int, output: str | Path, seed: int, min_len: int = 4, max_len: int = 8, charset: str = DEFAULT_CHARSET):
     """Write ``count`` ImageCaptcha captchas (150x50), labels drawn like ours; deterministic per seed. Returns the path."""
+    import captcha.image
     from captcha.image import ImageCaptcha
 
     writer = ImageCaptcha(width=150, height=50)
@@ -29,7 +48,7 @@ def write_third_party(count: int, output: str | Path, seed: int, min_len: int = 
     for index in tqdm(range(count), desc="third-party captchas", unit="img", leave=False):
         rng = np.random.default_rng([seed, index])
         label = generate_random_string(rng, charset, min_len, max_len)
-        random.seed(f"{seed}-{index}")  # ImageCaptcha draws from the random module
+        captcha.image.secrets = SeededSecrets(f"{seed}-{index}")
         buf = io.BytesIO()
         writer.generate_image(label).save(buf, "PNG")
         rows["bytes"].append(buf.getvalue())

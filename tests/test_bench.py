@@ -50,9 +50,11 @@ def test_third_party_captchas_are_in_the_shared_schema(tmp_path):
     from captcha_generator import SCHEMA
     from labels import parse_label
 
-    run("bench/third_party_captchas.py", "--count", "5", "--output", str(tmp_path / "tp.parquet"), "--seed", "3")
+    for name in ("tp.parquet", "again.parquet"):
+        run("bench/third_party_captchas.py", "--count", "5", "--output", str(tmp_path / name), "--seed", "3")
     table = pq.read_table(tmp_path / "tp.parquet")
     assert table.schema.equals(SCHEMA) and table.num_rows == 5
+    assert table.equals(pq.read_table(tmp_path / "again.parquet"))  # a seed gives the same captchas
     assert all(4 <= len(parse_label(t)) <= 8 for t in table["text"].to_pylist())
 
 

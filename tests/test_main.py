@@ -34,3 +34,12 @@ def test_main_names_a_file_that_is_not_parquet(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--data", "junk.parquet"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode != 0
     assert "junk.parquet: not a parquet file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_main_finishes_when_the_validation_split_is_empty(tmp_path, tiny_parquet):
+    cmd = [sys.executable, str(ROOT / "main.py"), "--data", str(tiny_parquet), "--split-ratios", "1,0,0", "--charset", "abc123"]
+    cmd += ["--max-len", "4", "--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--workers", "0", "--run-name", "r"]
+    result = subprocess.run(cmd + TINY, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "val: 0 rows" in result.stdout and "predictions: none (no validation images)" in result.stdout
+    assert (tmp_path / "saved_models" / "r" / "best.pt").exists()
