@@ -48,7 +48,7 @@ class SquarePadAndResize:
     def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
         """One PIL image (in the model's colour mode) or pixels (h, w, C) uint8 -> float (C, height, width) in [-1, 1]."""
         if isinstance(img, Image.Image):
-            img = np.asarray(img).reshape(img.height, img.width, len(img.getbands()))
+            img = image_pixels(img, len(img.getbands()))
         return self.batch([img])[0]
 
     def batch(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
