@@ -87,12 +87,16 @@ def preprocess_image(image: Image.Image | bytes | str | os.PathLike, config: Con
 class CaptchaDataset(Dataset):
     """Rows (file, row) of an ImageStore -> (image (C, H, W), target (max_len,)).
 
-    An image that fails to decode yields ``None``; ``collate_skipping_bad`` drops and counts it.
+    The DataLoader fetches a whole batch with ``__getitems__``: each image decoded (and
+    augmented), then all resized in one ``SquarePadAndResize.batch`` call, which is about
+    half the cost per image of resizing one at a time and spares a stacking copy. An image
+    that fails to decode is dropped from its batch and counted.
     """
 
     def __init__(self, store: ImageStore, rows: np.ndarray, labels: list[str], config: Config, codec: LabelCodec, augment=None):
         self.store, self.rows, self.labels, self.codec, self.config = store, rows, labels, codec, config
         self.augment = augment  # a PIL -> PIL transform for training, or None
+        self.resize = SquarePadAndResize(config.img_height, config.img_width)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -101,23 +105,34 @@ class CaptchaDataset(Dataset):
         file_index, row, _ = self.rows[index]
         return self.store.get(int(file_index), int(row))
 
-    def __getitem__(self, index: int):
+    def pixels(self, index: int) -> np.ndarray | None:
+        """Row ``index``'s image as pixels (h, w, C) uint8, augmented in training; None if it does not decode."""
         try:
             data = self.image_bytes(index)
             image = data if self.augment is None else self.augment(decode_image(data, self.config.channels))
-            image = preprocess_image(image, self.config)
-        except Exception:
+            return image_pixels(image, self.config.channels)
+        except Exception:  # any decoding error: the row is counted as bad, training goes on
             return None
-        return image, self.codec.encode(self.labels[index])
+
+    def __getitem__(self, index: int):
+        """(image (C, H, W), target (max_len,)), or None for an image that does not decode."""
+        pixels = self.pixels(index)
+        return None if pixels is None else (self.resize(pixels), self.codec.encode(self.labels[index]))
+
+    def __getitems__(self, indices: list[int]):
+        """One batch: (images (B, C, H, W), targets (B, max_len), bad count), (None, None, bad
+        count) when no image of the batch decodes. DataLoader passes it to ``as_batch``."""
+        pixels = [self.pixels(i) for i in indices]
+        good = [i for i, p in zip(indices, pixels) if p is not None]
+        if not good:
+            return None, None, len(indices)
+        images = self.resize.batch([p for p in pixels if p is not None])
+        return images, torch.stack([self.codec.encode(self.labels[i]) for i in good]), len(indices) - len(good)
 
 
-def collate_skipping_bad(items):
-    """Stack the good items; returns (images (B, C, H, W), targets (B, max_len), bad_count)."""
-    good = [it for it in items if it is not None]
-    if not good:
-        return None, None, len(items)
-    images, targets = zip(*good)
-    return torch.stack(images), torch.stack(targets), len(items) - len(good)
+def as_batch(batch):
+    """The DataLoader's collate_fn: ``CaptchaDataset.__getitems__`` already returns the batch."""
+    return batch
 
 
 def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
@@ -195,7 +210,7 @@ def _loader(dataset: CaptchaDataset, config: Config, shuffle: bool) -> DataLoade
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
         pin_memory=get_device(config.device).type == "cuda",
-        collate_fn=collate_skipping_bad,
+        collate_fn=as_batch,
         generator=torch.Generator().manual_seed(config.seed),
         worker_init_fn=_lower_priority,
     )

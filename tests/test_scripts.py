@@ -32,6 +32,17 @@ def test_dataset_and_preprocess_image_give_the_same_tensor(tiny_checkpoint, tiny
     assert torch.equal(loader.dataset[0][0], preprocess_image(image_bytes, config))
 
 
+def test_loader_batches_equal_the_items_one_by_one(tiny_checkpoint):
+    _, codec, config, _ = load_model(tiny_checkpoint)
+    config = dataclasses.replace(config, workers=0, batch_size=16)
+    loader, _ = evaluation_loader(config, codec, ("train", "val", "test"))
+    images, targets, bad = next(iter(loader))
+    items = [loader.dataset[i] for i in range(16)]
+    assert bad == 0 and images.shape == (16, config.channels, config.img_height, config.img_width)
+    assert torch.equal(images, torch.stack([image for image, _ in items]))
+    assert torch.equal(targets, torch.stack([target for _, target in items]))
+
+
 def test_accuracy_calculator_json_and_confusion_png(tiny_checkpoint, tiny_parquet, tmp_path):
     out = run(
         "accuracy_calculator.py", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_parquet), "--workers", "0",
