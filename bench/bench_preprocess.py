@@ -1,7 +1,8 @@
 """Where the preprocessing that every engine shares spends its time, per image: PNG
-decoding, the colour-mode step, SquarePadAndResize one image at a time (as the training
-workers call it) and a batch at a time (as predict.py calls it), stacking a batch, and
-turning the model's output into answers (predict_captcha around a model that costs nothing).
+decoding, the colour-mode step, SquarePadAndResize one image at a time (as preprocess_image
+calls it) and a batch at a time (as the DataLoader workers and predict.py call it), stacking
+a batch, and turning the model's output into answers (predict_captcha around a model that
+costs nothing).
 
     python bench/bench_preprocess.py --images 512
 
