@@ -1,6 +1,7 @@
 """The one prediction path: predict_captcha on tensors from data_loader's preprocessing,
 and predict_images from encoded images or files to predictions, batch by batch."""
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,23 @@ def _pixels_or_none(items: Sequence[ImageSource], channels: int) -> list[np.ndar
     return pixels
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the block on one torch thread, then restore the count.
+
+    Preprocessing runs so: a batch of captchas is small work, and after a parallel
+    region torch's idle OpenMP threads spin-wait for a while, taking the cores from
+    onnxruntime's own threads in the model call that follows. On 2 cores that call took
+    15-30% longer after two-thread preprocessing than alone; PyTorch's model, on those
+    same OpenMP threads, is not slowed (bench/RESULTS.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def predict_images(
     model: torch.nn.Module, codec: LabelCodec, config: Config, items: Sequence[ImageSource], batch_size: int = 64, progress: bool = False
 ) -> Iterator[tuple[Prediction | None, torch.Tensor | None]]:
@@ -74,9 +92,10 @@ def predict_images(
     resize = SquarePadAndResize(config.img_height, config.img_width)
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress or len(starts) <= 1):
-        pixels = _pixels_or_none(items[start : start + batch_size], config.channels)
-        good = [p for p in pixels if p is not None]
-        images = resize.batch(good) if good else None  # (N good, C, H, W)
+        with one_torch_thread():
+            pixels = _pixels_or_none(items[start : start + batch_size], config.channels)
+            good = [p for p in pixels if p is not None]
+            images = resize.batch(good) if good else None  # (N good, C, H, W)
         answers = zip(predict_captcha(model, codec, images), images) if good else iter(())
         for p in pixels:
             yield next(answers) if p is not None else (None, None)

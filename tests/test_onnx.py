@@ -10,7 +10,7 @@ import torch
 
 from data_loader import preprocess_image
 from onnx_model import load_onnx
-from predict import predict_captcha
+from predict import one_torch_thread, predict_captcha
 from utils import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +80,15 @@ def test_an_onnx_file_without_our_metadata_is_refused(exported, tmp_path):
 def test_onnxruntime_threads_do_not_spin_between_calls(exported):
     session = load_onnx(exported)[0].session  # spinning fought the preprocessing for the 2 cores (bench/RESULTS.md)
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_preprocessing_runs_on_one_torch_thread_and_restores_the_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError), one_torch_thread():
+            assert torch.get_num_threads() == 1  # torch's idle threads would spin into onnxruntime's call
+            raise RuntimeError("a failing batch")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
