@@ -68,8 +68,10 @@ def train(config: Config) -> None:
         return
     picture = "none (no validation images)"
     if len(loaders["val"].dataset):
-        temperature, before, after = calibrate_checkpoint(run_dir / "best.pt", loaders["val"], get_device(config.device))
-        print(f"confidences calibrated on the validation split: temperature {temperature:.3f} in best.pt (NLL {before:.4f} -> {after:.4f})")
+        for name in ("best.pt", "last.pt"):  # last.pt too: whoever reads it gets confidences that mean what they say
+            temperature, before, after = calibrate_checkpoint(run_dir / name, loaders["val"], get_device(config.device))
+            fit = f"temperature {temperature:.3f} in {name} (NLL {before:.4f} -> {after:.4f})"
+            print(f"confidences calibrated on the validation split: {fit}")
         shown = CaptchaVisualizer(run_dir / "best.pt").visualize_predictions(loaders["val"].dataset, run_dir / "predictions.png")
         picture = shown or picture
     print(f"checkpoints: {run_dir / 'best.pt'} (best), {run_dir / 'last.pt'} (last)")

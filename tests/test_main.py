@@ -20,7 +20,7 @@ def test_main_generates_default_data_when_data_is_empty_then_trains(tmp_path):
         assert (run / name).exists(), name
     assert "epoch 1/1" in result.stdout and "predictions:" in result.stdout
     assert "confidences calibrated on the validation split" in result.stdout
-    assert torch.load(run / "best.pt", weights_only=True)["temperature"] > 0
+    assert all(torch.load(run / name, weights_only=True)["temperature"] > 0 for name in ("best.pt", "last.pt"))
 
 
 def test_main_help_lists_every_knob():
