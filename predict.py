@@ -3,6 +3,7 @@ and predict_images from encoded images or files to predictions, batch by batch."
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,9 @@ def _pixels_or_none(items: Sequence[ImageSource], channels: int) -> list[np.ndar
     return pixels
 
 
+_THREAD_COUNT = threading.Lock()
+
+
 @contextlib.contextmanager
 def one_torch_thread():
     """Run the block on one torch thread, then restore the count.
@@ -70,13 +74,16 @@ def one_torch_thread():
     region torch's idle OpenMP threads spin-wait for a while, taking the cores from
     onnxruntime's own threads in the model call that follows. On 2 cores that call took
     15-30% longer after two-thread preprocessing than alone; PyTorch's model, on those
-    same OpenMP threads, is not slowed (bench/RESULTS.md)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    same OpenMP threads, is not slowed (bench/RESULTS.md). The count is process-wide: a
+    lock makes each save-and-restore whole, so callers in several threads cannot leave
+    torch on one thread."""
+    with _THREAD_COUNT:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def predict_images(
