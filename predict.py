@@ -99,9 +99,9 @@ def predict_images(
     resize = SquarePadAndResize(config.img_height, config.img_width)
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress or len(starts) <= 1):
-        with one_torch_thread():
-            pixels = _pixels_or_none(items[start : start + batch_size], config.channels)
-            good = [p for p in pixels if p is not None]
+        pixels = _pixels_or_none(items[start : start + batch_size], config.channels)
+        good = [p for p in pixels if p is not None]
+        with one_torch_thread():  # the resize is the torch part of preprocessing
             images = resize.batch(good) if good else None  # (N good, C, H, W)
         answers = zip(predict_captcha(model, codec, images), images) if good else iter(())
         for p in pixels:
