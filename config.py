@@ -54,6 +54,11 @@ class Config:
     pretrained_weights: str = _opt("", "local EfficientNet ImageNet state_dict file to start the backbone from")
     # optimisation
     epochs: int = _opt(8, "training epochs")
+    train_minutes: float = _opt(
+        23.0,
+        "time budget of the training steps: once the first steps are timed, a run that would take longer is shortened "
+        "to fit, its one-cycle schedule re-planned to end there (0: no budget, --epochs alone decides)",
+    )
     pretrain_epochs: int = _opt(-1, "epochs with the backbone frozen first (-1: 1 with pretrained weights, else 0)")
     batch_size: int = _opt(64, "images per step")
     lr: float = _opt(3e-3, "peak learning rate (AdamW, one-cycle schedule)")

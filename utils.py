@@ -1,6 +1,7 @@
 """Seeding, model building and loading, the loss, and the training loop."""
 
 import hashlib
+import math
 import os
 import random
 import signal
@@ -135,7 +136,35 @@ def init_from_checkpoint(model: CNNModel, ckpt: dict, config: Config) -> int:
 def optimizer_and_schedule(model: nn.Module, config: Config, total_steps: int):
     """AdamW at ``config.lr`` / ``config.weight_decay`` and its one-cycle schedule over ``total_steps``."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=total_steps, pct_start=0.15)
+    return optimizer, one_cycle(optimizer, config, total_steps)
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, config: Config, total_steps: int, done_steps: int = 0):
+    """The one-cycle schedule of ``optimizer`` over ``total_steps``, advanced to ``done_steps``
+    (learning rate and momentum set as they are there)."""
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=total_steps, pct_start=0.15)
+    for _ in range(done_steps):
+        scheduler.step()
+    return scheduler
+
+
+BUDGET_TIMING = (10, 60)  # steps of a fresh run timed for --train-minutes: after start-up, while the warm-up has barely begun
+
+
+def fit_time_budget(config: Config, optimizer: torch.optim.Optimizer, scheduler, seconds_per_step: float, steps_per_epoch: int):
+    """The schedule to go on with: ``scheduler`` when ``config.train_minutes`` of steps at
+    ``seconds_per_step`` hold all the steps it plans, else a one-cycle schedule over the
+    steps that do fit, advanced to where ``scheduler`` is (and a note saying so)."""
+    done, planned = scheduler.last_epoch, scheduler.total_steps
+    total = max(done + 1, min(planned, int(60 * config.train_minutes / seconds_per_step)))
+    if total == planned:
+        return scheduler
+    if distributed.is_main():
+        tqdm.write(
+            f"--train-minutes {config.train_minutes:g}: at {seconds_per_step:.3f} s per step, {total} of the {planned} planned "
+            f"steps fit ({math.ceil(total / steps_per_epoch)} epochs); the one-cycle schedule now ends there (--train-minutes 0: no budget)"
+        )
+    return one_cycle(optimizer, config, total, done)
 
 
 def _pretrain_epochs(config: Config) -> int:
@@ -244,10 +273,14 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
         scaler.load_state_dict(resume.get("scaler") or {})
         start_epoch, best, history, partial = resume["epoch"] + 1, resume["best_metric"], resume["history"], resume.get("partial")
     frozen_epochs = _pretrain_epochs(config)
-    parts = (model, optimizer, scheduler, scaler)
+    parts = [model, optimizer, scheduler, scaler]  # a time budget may replace the scheduler
     done_steps, prior_seconds = 0, resume.get("train_seconds", 0.0) if resume else 0.0
     run_start = time.perf_counter() - prior_seconds
     snapshots = 1 + int(prior_seconds / (60 * config.snapshot_minutes)) if config.snapshot_minutes else 1
+    budget_times = []  # perf_counter at the BUDGET_TIMING steps of a fresh run
+
+    def planned_epochs() -> int:
+        return min(config.epochs, math.ceil(scheduler.total_steps / steps))
 
     def save(name: str, epoch: int, **extra) -> None:
         if main_rank:
@@ -256,6 +289,8 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
 
     with stop_requests() as stop:
         for epoch in range(start_epoch, config.epochs):
+            if epoch >= planned_epochs():
+                break
             torch.manual_seed(config.seed * 1000 + epoch)
             train_loader.generator.manual_seed(config.seed * 1000 + epoch)
             train_loader.sampler.set_epoch(epoch)
@@ -266,8 +301,9 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                 partial = None
             train_loader.sampler.skip = sums["step"] * config.batch_size
             net = _set_phase(model, frozen=epoch < frozen_epochs, config=config)
-            desc = f"epoch {epoch + 1}/{config.epochs}"
-            bar = tqdm(train_loader, total=steps, initial=sums["step"], desc=desc, unit="batch", leave=False, disable=not main_rank)
+            desc = f"epoch {epoch + 1}/{planned_epochs()}"
+            epoch_steps = min(steps, scheduler.total_steps - epoch * steps)  # the last epoch of a shortened run is cut
+            bar = tqdm(train_loader, total=epoch_steps, initial=sums["step"], desc=desc, unit="batch", leave=False, disable=not main_rank)
             start = time.perf_counter() - sums["seconds"]
             for images, targets, n_bad in bar:
                 sums["step"] += 1
@@ -279,10 +315,16 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                     sums["correct"] += correct
                     bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{sums['seen'] / (time.perf_counter() - start):.0f}")
                 done_steps += 1
+                if config.train_minutes and not resume and done_steps in BUDGET_TIMING:
+                    budget_times.append(time.perf_counter())
+                    if len(budget_times) == 2:
+                        per_step = distributed.broadcast((budget_times[1] - budget_times[0]) / (BUDGET_TIMING[1] - BUDGET_TIMING[0]))
+                        parts[2] = scheduler = fit_time_budget(config, optimizer, scheduler, per_step, steps)
+                        bar.total = min(steps, scheduler.total_steps - epoch * steps)
                 if config.snapshot_minutes and time.perf_counter() - run_start >= snapshots * 60 * config.snapshot_minutes:
                     save(f"minutes-{snapshots * config.snapshot_minutes:g}.pt", epoch - 1)
                     snapshots += 1
-                if sums["step"] >= steps:
+                if sums["step"] >= steps or scheduler.last_epoch >= scheduler.total_steps:
                     break
                 if distributed.any_rank(stop.is_set() or done_steps == stop_after_steps):
                     save("last.pt", epoch - 1, partial=sums | {"seconds": time.perf_counter() - start, "rng": torch.get_rng_state()})
@@ -305,7 +347,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
             history.append(row)
             if main_rank:
                 print(
-                    f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
+                    f"epoch {epoch + 1}/{planned_epochs()}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
                     f"val acc {row['val_seq_acc']:.2%}  CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {row['bad_rows']}"
                     + ("  (backbone frozen)" if epoch < frozen_epochs else "")
                 )
@@ -316,7 +358,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
             if main_rank:
                 write_history(run_dir, history)
             asked = stop.is_set() or epoch + 1 - start_epoch == stop_after_epochs or done_steps == stop_after_steps
-            if distributed.any_rank(asked) and epoch + 1 < config.epochs:
+            if distributed.any_rank(asked) and epoch + 1 < planned_epochs():
                 raise Interrupted(run_dir / "last.pt")
             since_best = len(history) - 1 - max(range(len(history)), key=lambda i: history[i]["val_seq_acc"])
             if config.patience and since_best >= config.patience:

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+import utils
 from checkpoints import load_checkpoint
 from data_loader import load_data
 from labels import LabelCodec
@@ -10,8 +11,11 @@ from model import CNNModel
 from utils import (
     Interrupted,
     build_model,
+    fit_time_budget,
     load_model,
     load_pretrained_backbone,
+    one_cycle,
+    optimizer_and_schedule,
     seed_everything,
     set_requires_grad,
     train_model,
@@ -80,6 +84,45 @@ def test_resume_between_epochs_continues_identically(tiny_config):
     assert [dict(h, img_per_s=0) for h in a["history"]] == [dict(h, img_per_s=0) for h in b["history"]]
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_a_time_budget_shortens_the_schedule_where_it_stands(tiny_config):
+    config = dataclasses.replace(tiny_config, train_minutes=1.0)
+    optimizer, scheduler = optimizer_and_schedule(torch.nn.Linear(2, 2), config, total_steps=100)
+    for _ in range(20):
+        optimizer.step()
+        scheduler.step()
+    assert fit_time_budget(config, optimizer, scheduler, seconds_per_step=0.5, steps_per_epoch=10) is scheduler  # 120 steps fit
+    shorter = fit_time_budget(config, optimizer, scheduler, seconds_per_step=1.5, steps_per_epoch=10)
+    assert shorter.total_steps == 40 and shorter.last_epoch == 20
+    reference_optimizer, _ = optimizer_and_schedule(torch.nn.Linear(2, 2), config, total_steps=1)
+    reference = one_cycle(reference_optimizer, config, 40)
+    for _ in range(20):
+        reference_optimizer.step()
+        reference.step()
+    assert shorter.get_last_lr() == pytest.approx(reference.get_last_lr())  # the 40-step cycle's rate at step 20
+    assert optimizer.param_groups[0]["betas"] == pytest.approx(reference_optimizer.param_groups[0]["betas"])
+    assert fit_time_budget(config, optimizer, scheduler, seconds_per_step=600.0, steps_per_epoch=10).total_steps == 21
+
+
+def test_a_run_over_its_time_budget_ends_early_and_resumes_identically(tiny_config, monkeypatch):
+    """Timed over steps 1-3, any real step is over a 6 ms budget: the run keeps one step more
+    (4 of 3 epochs x 3 steps), its last epoch cut to that step; resuming keeps the plan."""
+    monkeypatch.setattr(utils, "BUDGET_TIMING", (1, 3))
+    straight = dataclasses.replace(tiny_config, epochs=3, train_minutes=1e-4, run_name="straight")
+    run = train_model(straight, loaders_for(straight))
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 2 and ckpt["scheduler"]["total_steps"] == 4
+    assert ckpt["scheduler"]["last_epoch"] == 4  # the shortened cycle ran to its end
+    interrupted = dataclasses.replace(straight, run_name="interrupted")
+    with pytest.raises(Interrupted) as stopped:
+        train_model(interrupted, loaders_for(interrupted), stop_after_epochs=1)
+    resumed = dataclasses.replace(interrupted, resume=str(stopped.value.checkpoint))
+    train_model(resumed, loaders_for(resumed))
+    other = load_checkpoint(stopped.value.checkpoint)
+    assert [dict(h, img_per_s=0) for h in ckpt["history"]] == [dict(h, img_per_s=0) for h in other["history"]]
+    for name, tensor in ckpt["model"].items():
+        assert torch.equal(tensor, other["model"][name]), name
 
 
 def test_pretraining_freezes_backbone_weights_and_batchnorm_stats(tiny_config):
