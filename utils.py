@@ -321,6 +321,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                         per_step = distributed.broadcast((budget_times[1] - budget_times[0]) / (BUDGET_TIMING[1] - BUDGET_TIMING[0]))
                         parts[2] = scheduler = fit_time_budget(config, optimizer, scheduler, per_step, steps)
                         bar.total = min(steps, scheduler.total_steps - epoch * steps)
+                        bar.set_description(f"epoch {epoch + 1}/{planned_epochs()}")
                 if config.snapshot_minutes and time.perf_counter() - run_start >= snapshots * 60 * config.snapshot_minutes:
                     save(f"minutes-{snapshots * config.snapshot_minutes:g}.pt", epoch - 1)
                     snapshots += 1
