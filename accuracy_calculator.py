@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
 
+from config import HelpFormatter
 from data_loader import evaluation_loader  # noqa: E402
 from device import get_device  # noqa: E402
 from labels import SPLITS  # noqa: E402
@@ -63,7 +64,7 @@ def print_report(report: dict) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
     p.add_argument("--onnx", default=None, help="evaluate this exported ONNX file (onnxruntime) instead of a checkpoint")
     p.add_argument("--data", nargs="+", default=None, help="parquet files/folders (default: the checkpoint's training data)")

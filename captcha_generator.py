@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from config import HelpFormatter
 from labels import DEFAULT_CHARSET
 from parallel import ordered_map
 
@@ -240,7 +241,7 @@ def save_grid_image(
 
 def main() -> None:
     d = CaptchaStyle()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--count", type=int, default=10000, help="number of captchas to write")
     p.add_argument("--output", default="data/generated.parquet", help="output parquet file")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")

@@ -127,16 +127,36 @@ def finetune_config(base: Config, asked: Config) -> Config:
     return replace(asked, charset=grown, **{name: getattr(base, name) for name in MODEL_FIELDS})
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every script's --help: its docstring as written, and each option's default unless the
+    help text names it already (or it is None or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "(default" in (action.help or "") or action.default in (None, False):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _shown(default) -> str:
+    """A default as --help shows it (argparse expands %(default)s)."""
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, list):
+        return " ".join(default)
+    return "''" if default == "" else "%(default)s"
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag-name`` per Config field, with its default and help text."""
+    """One ``--flag-name`` per Config field, with its help text and default."""
     for f in fields(Config):
         default = f.default_factory() if f.default is MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
+        help = f.metadata["help"] if "(default" in f.metadata["help"] else f"{f.metadata['help']} (default: {_shown(default)})"
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         else:
             kind = f.metadata.get("type") or (str if isinstance(default, list) else type(default))
-            parser.add_argument(flag, type=kind, nargs=f.metadata.get("nargs"), default=default, help=f.metadata["help"])
+            parser.add_argument(flag, type=kind, nargs=f.metadata.get("nargs"), default=default, help=help)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

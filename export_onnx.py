@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from config import Config
+from config import Config, HelpFormatter
 from data_loader import preprocess_image
 from inputs import find_parquet_files, open_parquet
 from onnx_model import export_onnx, load_onnx, quantize_onnx
@@ -33,7 +33,7 @@ def parity(model: torch.nn.Module, config: Config, onnx_path: str, rows: int) ->
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
     p.add_argument("--output", default="model.onnx", help="ONNX file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")

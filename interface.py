@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from captcha_generator import CaptchaStyle, generate_captcha, generate_random_string
+from config import HelpFormatter
 from data_loader import preprocess_image
 from predict import predict_captcha
 from utils import load_recognizer
@@ -115,7 +116,7 @@ def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
     p.add_argument("--onnx", default=None, help="serve this exported ONNX file with onnxruntime instead of a checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")

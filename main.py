@@ -13,7 +13,7 @@ import distributed
 from calibration import calibrate_checkpoint
 from captcha_generator import CaptchaStyle, generate_captcha_data
 from checkpoints import config_from_checkpoint, load_checkpoint
-from config import Config, add_config_args, config_from_args, finetune_config, resumed_config
+from config import Config, HelpFormatter, add_config_args, config_from_args, finetune_config, resumed_config
 from data_loader import load_data
 from device import get_device
 from inputs import find_parquet_files
@@ -23,7 +23,7 @@ from visualize import CaptchaVisualizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_args(parser)
     config = config_from_args(parser.parse_args())
     distributed.setup()

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from config import HelpFormatter
 from inputs import decode_image, find_parquet_files, open_parquet
 from labels import DEFAULT_CHARSET, SPLITS, label_problem, parse_label, split_of
 from parallel import ordered_map
@@ -126,7 +127,7 @@ def parquet_to_parquet(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="parquet files, folders or globs")
     p.add_argument("--output", default="data/combined/combined.parquet", help="output parquet file")
     p.add_argument("--ratios", default="0.9,0.05,0.05", help="train,val,test split ratios")

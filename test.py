@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from config import HelpFormatter
 from device import get_device
 from inputs import open_parquet
 from labels import parse_label
@@ -46,7 +47,7 @@ def collect_examples(paths: list[str], parquet: str | None, rows: int) -> list[E
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("paths", nargs="*", help="image files or folders of images")
     p.add_argument("--parquet", default=None, help="also take the first --rows rows of this parquet file (labels shown)")
     p.add_argument("--rows", type=int, default=16, help="rows taken from --parquet")

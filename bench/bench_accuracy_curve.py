@@ -20,6 +20,8 @@ from pathlib import Path
 
 from common import ROOT, accuracy_report, machine
 
+from config import HelpFormatter
+
 
 def score(checkpoint: Path, heldout: Path) -> dict:
     """Case-sensitive and -insensitive sequence accuracy and CER of ``checkpoint`` on ``heldout``,
@@ -60,7 +62,7 @@ def plot(rows: list[dict], output: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--every", type=float, default=10.0, help="minutes between snapshots")
     p.add_argument("--heldout", type=int, default=2000, help="held-out captchas scored")
     p.add_argument("--heldout-seed", type=int, default=99, help="generator seed of the held-out captchas")

@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 from common import ROOT, accuracy_report, machine
 from third_party_captchas import write_third_party
 
+from config import HelpFormatter
+
 METHODS = ("scratch", "fine-tune", "mix")
 TRAIN_SHARE = 0.9  # of the labelled set; the rest validates
 
@@ -47,7 +49,7 @@ def train(method: str, small: Path, generated: Path, base: str, steps: int, out:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--base", required=True, help="the generated-data checkpoint to fine-tune (python main.py)")
     p.add_argument("--generated", default="data/generated.parquet", help="generated captchas for the mix")
     p.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 5000], help="labelled training-set sizes")

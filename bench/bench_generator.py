@@ -12,10 +12,11 @@ from pathlib import Path
 from common import machine
 
 from captcha_generator import generate_captcha_data
+from config import HelpFormatter
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--count", type=int, default=20000, help="captchas to generate")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes")
     a = p.parse_args()

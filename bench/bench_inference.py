@@ -25,6 +25,7 @@ import torch
 from common import machine
 
 from captcha_generator import CaptchaStyle, render_rows
+from config import HelpFormatter
 from data_loader import preprocess_image
 from labels import parse_label
 from onnx_model import export_onnx, load_onnx, quantize_onnx
@@ -69,7 +70,7 @@ class OurReader:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
     p.add_argument("--images", type=int, default=512, help="fresh captchas to read")
     p.add_argument("--seed", type=int, default=4242, help="generator seed for the captchas")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from common import machine, run_measuring_tree_rss
 
+from config import HelpFormatter
+
 
 def build(path: Path, rows: int, unique: int) -> None:
     import pyarrow as pa
@@ -61,7 +63,7 @@ def child(data: str, steps: int, workers: int, out_dir: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000, help="rows in the dataset")
     p.add_argument("--unique", type=int, default=20000, help="distinct generated captchas repeated to fill it")
     p.add_argument("--steps", type=int, default=200, help="training steps measured")

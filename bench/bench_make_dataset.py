@@ -15,10 +15,11 @@ from pathlib import Path
 from common import machine, run_measuring_tree_rss
 
 from captcha_generator import generate_captcha_data
+from config import HelpFormatter
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--rows", type=int, default=60000, help="rows in the generated shard")
     p.add_argument("--copies", type=int, default=5, help="how many copies of the shard are combined")
     p.add_argument("--workers", type=int, default=1, help="make_dataset worker processes")

@@ -20,6 +20,8 @@ import torch
 from common import machine
 from PIL import Image
 
+from config import HelpFormatter
+
 
 class _FreeModel(torch.nn.Module):
     """Returns the same logits (B, max_len, n_classes) for any batch: predict_captcha's
@@ -44,7 +46,7 @@ def best_us_per_image(work, n: int, repeats: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--images", type=int, default=512, help="fresh captchas timed")
     p.add_argument("--repeats", type=int, default=10, help="runs of each stage; the best is reported")
     p.add_argument("--batch-size", type=int, default=64, help="images per stacked batch")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from common import device_name, machine
 
+from config import HelpFormatter
+
 WARMUP_STEPS = 5  # untimed: CUDA's lazy initialisation and kernel selection happen here
 SINGLE_WORKER_IMAGES = 8192  # enough for a per-worker rate; at batch 256 the augmented loop took 2 minutes
 
@@ -100,7 +102,7 @@ def loader_alone(loader, batches: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=200, help="training steps measured in each loop")
     p.add_argument("--rows", type=int, default=0, help="captchas generated (default: enough for the steps)")
     p.add_argument("--batch-size", type=int, default=0, help="batch size (0: the default Config's)")

@@ -17,6 +17,7 @@ from common import machine  # noqa: F401  (puts the repository on sys.path)
 from tqdm import tqdm
 
 from captcha_generator import SCHEMA, TEXT_TEMPLATE, generate_random_string
+from config import HelpFormatter
 from labels import DEFAULT_CHARSET
 
 
@@ -62,7 +63,7 @@ def write_third_party(count: int, output: str | Path, seed: int, min_len: int = 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--count", type=int, default=2000, help="captchas to write")
     p.add_argument("--output", default="third_party.parquet", help="parquet file to write")
     p.add_argument("--seed", type=int, default=1, help="random seed")

@@ -27,6 +27,8 @@ def test_main_help_lists_every_knob():
     out = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True, check=True).stdout
     flags = ("--data", "--charset", "--max-len", "--img-width", "--variant", "--pretrained-weights", "--pretrain-epochs", "--resume")
     assert all(flag in out for flag in flags)
+    assert "training epochs (default: 8)" in " ".join(out.split())  # every knob shows its default
+    assert "(default: data)" in out and "(default: '')" in out
 
 
 def test_main_names_a_file_that_is_not_parquet(tmp_path):
