@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
 
-from config import HelpFormatter
+from config import HelpFormatter  # noqa: E402
 from data_loader import evaluation_loader  # noqa: E402
 from device import get_device  # noqa: E402
 from labels import SPLITS  # noqa: E402

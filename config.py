@@ -127,14 +127,15 @@ def finetune_config(base: Config, asked: Config) -> Config:
     return replace(asked, charset=grown, **{name: getattr(base, name) for name in MODEL_FIELDS})
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Every script's --help: its docstring as written, and each option's default unless the
-    help text names it already (or it is None or an off switch)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every script's --help: its docstring as written, and each option's default after its
+    help text, unless the text names it already or there is none (None)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "(default" in (action.help or "") or action.default in (None, False):
-            return action.help or ""
-        return super()._get_help_string(action)
+        help = action.help or ""
+        if not action.option_strings or "(default" in help or action.default is None or action.default is argparse.SUPPRESS:
+            return help
+        return f"{help} (default: {_shown(action.default)})"
 
 
 def _shown(default) -> str:
@@ -142,21 +143,20 @@ def _shown(default) -> str:
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, list):
-        return " ".join(default)
+        return " ".join(str(d) for d in default)
     return "''" if default == "" else "%(default)s"
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag-name`` per Config field, with its help text and default."""
+    """One ``--flag-name`` per Config field, with its default and help text (HelpFormatter shows the default)."""
     for f in fields(Config):
         default = f.default_factory() if f.default is MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
-        help = f.metadata["help"] if "(default" in f.metadata["help"] else f"{f.metadata['help']} (default: {_shown(default)})"
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
         else:
             kind = f.metadata.get("type") or (str if isinstance(default, list) else type(default))
-            parser.add_argument(flag, type=kind, nargs=f.metadata.get("nargs"), default=default, help=help)
+            parser.add_argument(flag, type=kind, nargs=f.metadata.get("nargs"), default=default, help=f.metadata["help"])
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
