@@ -282,6 +282,13 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
     def planned_epochs() -> int:
         return min(config.epochs, math.ceil(scheduler.total_steps / steps))
 
+    def epoch_steps(epoch: int) -> int:
+        """All ``steps``, except in the last epoch of a run shortened by the time budget."""
+        return min(steps, scheduler.total_steps - epoch * steps)
+
+    def label(epoch: int) -> str:
+        return f"epoch {epoch + 1}/{planned_epochs()}"
+
     def save(name: str, epoch: int, **extra) -> None:
         if main_rank:
             state = _state(*parts, config, epoch, history) | {"train_seconds": time.perf_counter() - run_start}
@@ -301,9 +308,15 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                 partial = None
             train_loader.sampler.skip = sums["step"] * config.batch_size
             net = _set_phase(model, frozen=epoch < frozen_epochs, config=config)
-            desc = f"epoch {epoch + 1}/{planned_epochs()}"
-            epoch_steps = min(steps, scheduler.total_steps - epoch * steps)  # the last epoch of a shortened run is cut
-            bar = tqdm(train_loader, total=epoch_steps, initial=sums["step"], desc=desc, unit="batch", leave=False, disable=not main_rank)
+            bar = tqdm(
+                train_loader,
+                total=epoch_steps(epoch),
+                initial=sums["step"],
+                desc=label(epoch),
+                unit="batch",
+                leave=False,
+                disable=not main_rank,
+            )
             start = time.perf_counter() - sums["seconds"]
             for images, targets, n_bad in bar:
                 sums["step"] += 1
@@ -320,8 +333,8 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                     if len(budget_times) == 2:
                         per_step = distributed.broadcast((budget_times[1] - budget_times[0]) / (BUDGET_TIMING[1] - BUDGET_TIMING[0]))
                         parts[2] = scheduler = fit_time_budget(config, optimizer, scheduler, per_step, steps)
-                        bar.total = min(steps, scheduler.total_steps - epoch * steps)
-                        bar.set_description(f"epoch {epoch + 1}/{planned_epochs()}")
+                        bar.total = epoch_steps(epoch)
+                        bar.set_description(label(epoch))
                 if config.snapshot_minutes and time.perf_counter() - run_start >= snapshots * 60 * config.snapshot_minutes:
                     save(f"minutes-{snapshots * config.snapshot_minutes:g}.pt", epoch - 1)
                     snapshots += 1
@@ -348,7 +361,7 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
             history.append(row)
             if main_rank:
                 print(
-                    f"epoch {epoch + 1}/{planned_epochs()}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
+                    f"{label(epoch)}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
                     f"val acc {row['val_seq_acc']:.2%}  CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {row['bad_rows']}"
                     + ("  (backbone frozen)" if epoch < frozen_epochs else "")
                 )
