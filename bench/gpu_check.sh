@@ -14,7 +14,8 @@
 # captchas took about 3.5 minutes and scoring takes about 15 s per snapshot: allow the
 # whole script TRAIN_MINUTES + 6 minutes (a 600 s command limit fits 4 minutes of training).
 # Everything is written to OUT_DIR (loop.json, curve.json, curve.png and the two logs).
-# LOOP_STEPS and LOOP_ROWS (default 150 and 40000) size step 1, for a smoke run on a CPU;
+# LOOP_STEPS and LOOP_ROWS (default 150 and 40000) size step 1 and HELDOUT (default 2000)
+# the held-out set of step 2, for a smoke run on a CPU;
 # PYTHON names the interpreter (default python3).
 set -euo pipefail
 out=$(realpath -m "${1:?usage: bench/gpu_check.sh OUT_DIR [TRAIN_MINUTES] [CAPTCHAS] [BATCH_SIZE] [--amp]}")
@@ -35,6 +36,6 @@ epochs=$("$py" -c "import json, sys; loop = json.load(open(sys.argv[1])); train 
 print(max(1, round($minutes * 60 * loop['images_per_s']['train_model'] / (train * $captchas))))" "$out/loop.json")
 echo "epochs sized to ~$minutes min: $epochs"
 
-"$py" bench/bench_accuracy_curve.py --every 1 --out "$out/curve" -- --data "$data" $amp --batch-size "$batch" \
+"$py" bench/bench_accuracy_curve.py --every 1 --heldout "${HELDOUT:-2000}" --out "$out/curve" -- --data "$data" $amp --batch-size "$batch" \
     --epochs "$epochs" 2>&1 | tr '\r' '\n' | grep --line-buffered -v '^epoch [0-9]*/[0-9]*:\|^predicting\|^generating' | tee "$out/curve.log"
 cp "$out/curve/curve.json" "$out/curve/curve.png" "$out/"

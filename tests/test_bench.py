@@ -113,7 +113,7 @@ def test_bench_training_loop_runs(tmp_path):
 
 
 def test_gpu_check_script_runs_both_steps_on_a_tiny_setting(tmp_path):
-    env = {**os.environ, "LOOP_STEPS": "2", "LOOP_ROWS": "60", "PYTHON": sys.executable}
+    env = {**os.environ, "LOOP_STEPS": "2", "LOOP_ROWS": "60", "HELDOUT": "16", "PYTHON": sys.executable}
     cmd = ["bash", "bench/gpu_check.sh", str(tmp_path), "0.001", "120", "8"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
@@ -121,3 +121,4 @@ def test_gpu_check_script_runs_both_steps_on_a_tiny_setting(tmp_path):
     assert "epochs sized to ~0.001 min: 1" in result.stdout  # at most 1 epoch fits 0.06 s
     rows = json.loads((tmp_path / "curve.json").read_text())["rows"]
     assert rows[-1]["checkpoint"] == "last.pt" and (tmp_path / "curve.png").stat().st_size > 0
+    assert "heldout-seed99-16.parquet" in result.stdout  # HELDOUT sized the held-out set
