@@ -80,7 +80,8 @@ def step_loop(config, images, targets, steps: int) -> float:
     import torch
 
     from device import get_device, grad_scaler
-    from utils import build_model, optimizer_and_schedule, seed_everything, train_step
+    from schedule import optimizer_and_schedule
+    from utils import build_model, seed_everything, train_step
 
     seed_everything(config.seed)
     device = get_device(config.device)

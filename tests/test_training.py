@@ -8,14 +8,12 @@ from checkpoints import load_checkpoint
 from data_loader import load_data
 from labels import LabelCodec
 from model import CNNModel
+from schedule import fit_time_budget, one_cycle, optimizer_and_schedule
 from utils import (
     Interrupted,
     build_model,
-    fit_time_budget,
     load_model,
     load_pretrained_backbone,
-    one_cycle,
-    optimizer_and_schedule,
     seed_everything,
     set_requires_grad,
     train_model,
