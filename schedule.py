@@ -26,9 +26,6 @@ def one_cycle(optimizer: torch.optim.Optimizer, config: Config, total_steps: int
     return scheduler
 
 
-BUDGET_TIMING = (10, 60)  # steps of a fresh run timed for --train-minutes: after start-up, while the warm-up has barely begun
-
-
 def fit_time_budget(config: Config, optimizer: torch.optim.Optimizer, scheduler, seconds_per_step: float, steps_per_epoch: int):
     """The schedule to go on with: ``scheduler`` when ``config.train_minutes`` of steps at
     ``seconds_per_step`` hold all the steps it plans, else a one-cycle schedule over the
