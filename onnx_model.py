@@ -15,6 +15,7 @@ import torch
 
 from checkpoints import config_from_checkpoint
 from config import Config
+from device import keep_freed_memory
 from labels import LabelCodec
 
 PREPROCESS = (
@@ -140,6 +141,7 @@ def _pool_for_onnxruntime(path: str) -> None:
 
 def load_onnx(path: str | os.PathLike, threads: int = 0) -> tuple[OnnxModel, LabelCodec, Config, dict]:
     """The ONNX counterpart of utils.load_model: (model, codec, config, info dict with 'path')."""
+    keep_freed_memory()  # for the preprocessing's tensors; onnxruntime has its own arena
     model = OnnxModel(path, threads)
     meta = model.metadata
     if "config" not in meta:

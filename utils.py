@@ -74,7 +74,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     described = f"{config.variant}, {config.img_height}x{config.img_width}, {len(config.charset)} characters"
     load_weights(model, ckpt["model"], f"{path} ({described})")
     model.temperature = float(ckpt.get("temperature", 1.0))  # calibration.py; absent before calibration
-    model.to(device).eval()
+    model.to(get_device(device)).eval()
     ckpt["path"] = str(path)
     return model, LabelCodec(config.charset, config.max_len), config, ckpt
 
