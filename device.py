@@ -15,9 +15,10 @@ def keep_freed_memory() -> None:
     largest block freed so far) its own fresh mapping, unmaps it when freed, and trims the
     heap's free top above 128 KiB: the activations of every forward and backward pass are
     then page-faulted and zeroed anew. Served from the heap (up to 32 MiB, glibc's maximum)
-    and kept (up to 1 GiB), they made this project's 2-core CPU train the default model
-    1.2x and predict 1.6x faster (bench/RESULTS.md). Only the process's future allocations
-    are affected; a no-op where the C library has no mallopt."""
+    and kept (up to 1 GiB), they gave this project's 2-core CPU ~9% more training images/s
+    in main.py (1.2x in a bare training step) and 1.6x in the model's inference
+    (bench/RESULTS.md). Only the process's future allocations are affected; a no-op where
+    the C library has no mallopt."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError, TypeError):  # not glibc/musl (macOS, Windows)

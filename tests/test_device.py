@@ -15,12 +15,12 @@ from device import keep_freed_memory
 if {keep}:
     keep_freed_memory()
 torch.set_num_threads(1)
-def round():
+def allocate_and_free():
     tensors = [torch.ones(2 * 2**20) for _ in range(12)]
-round()
+allocate_and_free()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
-    round()
+    allocate_and_free()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
