@@ -11,6 +11,7 @@ import argparse
 
 import torch
 
+from captcha_generator import CaptchaStyle, render_rows
 from config import Config, HelpFormatter
 from data_loader import preprocess_image
 from inputs import find_parquet_files, open_parquet
@@ -18,18 +19,29 @@ from onnx_model import export_onnx, load_onnx, quantize_onnx
 from utils import load_model
 
 
-def parity(model: torch.nn.Module, config: Config, onnx_path: str, rows: int) -> tuple[int, int, float]:
-    """Predict the first ``rows`` images of the training data with both models.
+def parity_images(config: Config, rows: int) -> tuple[list[bytes], str]:
+    """PNG bytes of ``rows`` images to compare the models on, and where they came from: the
+    first rows of the checkpoint's training data, or fresh generated captchas (seed 0) when
+    that data is not on this machine."""
+    files = find_parquet_files(config.data)
+    if files:
+        batch = next(open_parquet(files[0]).iter_batches(batch_size=rows, columns=["image"]))
+        return [r["bytes"] for r in batch.column("image").to_pylist()], str(files[0])
+    return [png for png, _, _ in render_rows(0, 0, rows, CaptchaStyle())], "generated captchas (training data not found)"
 
-    Returns (images compared, images whose text differs, largest probability difference).
+
+def parity(model: torch.nn.Module, config: Config, onnx_path: str, rows: int) -> tuple[int, int, float, str]:
+    """Predict ``rows`` images (``parity_images``) with both models.
+
+    Returns (images compared, images whose text differs, largest probability difference, source).
     """
     onnx_model, _, _, _ = load_onnx(onnx_path)
-    batch = next(open_parquet(find_parquet_files(config.data)[0]).iter_batches(batch_size=rows, columns=["image"]))
-    images = torch.stack([preprocess_image(r["bytes"], config) for r in batch.column("image").to_pylist()])
+    pngs, source = parity_images(config, rows)
+    images = torch.stack([preprocess_image(png, config) for png in pngs])
     with torch.no_grad():
         ref = model(images).softmax(-1)
     out = onnx_model(images).softmax(-1)
-    return len(images), int((ref.argmax(-1) != out.argmax(-1)).any(dim=1).sum()), float((ref - out).abs().max())
+    return len(images), int((ref.argmax(-1) != out.argmax(-1)).any(dim=1).sum()), float((ref - out).abs().max()), source
 
 
 def main() -> None:
@@ -38,7 +50,12 @@ def main() -> None:
     p.add_argument("--output", default="model.onnx", help="ONNX file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.add_argument("--int8", action="store_true", help="also write an int8 dynamically quantised copy (<output>.int8.onnx)")
-    p.add_argument("--check", type=int, default=64, help="compare PyTorch and onnxruntime on this many training images (0: skip)")
+    p.add_argument(
+        "--check",
+        type=int,
+        default=64,
+        help="compare PyTorch and onnxruntime on this many training images (generated ones without the data; 0: skip)",
+    )
     a = p.parse_args()
     try:
         model, _, config, ckpt = load_model(a.checkpoint)
@@ -47,8 +64,8 @@ def main() -> None:
     out = export_onnx(model, ckpt, a.output, a.opset)
     print(f"exported {ckpt['path']} -> {out}")
     if a.check:
-        n, differ, diff = parity(model, config, str(out), a.check)
-        print(f"parity on {n} images: {differ} predictions differ, largest probability difference {diff:.2e}")
+        n, differ, diff, source = parity(model, config, str(out), a.check)
+        print(f"parity on {n} images of {source}: {differ} predictions differ, largest probability difference {diff:.2e}")
     if a.int8:
         print(f"int8 copy: {quantize_onnx(out, out.with_suffix('.int8.onnx'))} (measure its accuracy before use)")
 
