@@ -60,7 +60,7 @@ class Config:
         "to fit, its one-cycle schedule re-planned to end there (0: no budget, --epochs alone decides)",
     )
     pretrain_epochs: int = _opt(-1, "epochs with the backbone frozen first (-1: 1 with pretrained weights, else 0)")
-    batch_size: int = _opt(64, "images per step")
+    batch_size: int = _opt(32, "images per step; 32 learns most per CPU minute (bench/RESULTS.md), raise it on a GPU")
     lr: float = _opt(3e-3, "peak learning rate (AdamW, one-cycle schedule)")
     weight_decay: float = _opt(0.05, "AdamW weight decay")
     label_smoothing: float = _opt(0.05, "cross-entropy label smoothing")
