@@ -15,7 +15,6 @@ from captcha_generator import CaptchaStyle
 from checkpoints import config_from_checkpoint
 from data_loader import preprocess_image
 from export_onnx import parity_images
-from inputs import find_parquet_files
 from onnx_model import load_onnx
 from predict import one_torch_thread, predict_captcha
 from utils import load_model
@@ -30,21 +29,17 @@ def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory) -> Path:
+def exported(tiny_checkpoint, tiny_parquet, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     result = run("export_onnx.py", "--checkpoint", str(tiny_checkpoint), "--output", str(out), "--check", "32", cwd=out.parent)
-    assert f"parity on 32 images of {tiny_checkpoint_data(tiny_checkpoint)}: 0 predictions differ" in result.stdout
+    assert f"parity on 32 images of {tiny_parquet}: 0 predictions differ" in result.stdout
     return out
 
 
-def tiny_checkpoint_data(checkpoint: Path) -> str:
-    return str(find_parquet_files(config_from_checkpoint(torch.load(checkpoint, weights_only=True)).data)[0])
-
-
-def test_parity_falls_back_to_generated_captchas_without_the_training_data(tiny_checkpoint, tmp_path):
+def test_parity_falls_back_to_generated_captchas_without_the_training_data(tiny_checkpoint, tiny_parquet, tmp_path):
     config = config_from_checkpoint(torch.load(tiny_checkpoint, weights_only=True))
     pngs, source = parity_images(config, 5)
-    assert source == tiny_checkpoint_data(tiny_checkpoint) and len(pngs) == 5
+    assert source == str(tiny_parquet) and len(pngs) == 5
     pngs, source = parity_images(replace(config, data=[str(tmp_path / "elsewhere")]), 5)
     assert source.startswith("generated captchas") and len(set(pngs)) == 5
     assert all(Image.open(io.BytesIO(png)).size == (CaptchaStyle().width, CaptchaStyle().height) for png in pngs)
