@@ -54,10 +54,11 @@ class Config:
     pretrained_weights: str = _opt("", "local EfficientNet ImageNet state_dict file to start the backbone from")
     # optimisation
     epochs: int = _opt(8, "training epochs")
-    train_minutes: float = _opt(
-        23.0,
-        "time budget of the training steps: once the first steps are timed, a run that would take longer is shortened "
-        "to fit, its one-cycle schedule re-planned to end there (0: no budget, --epochs alone decides)",
+    time_limit: float = _opt(
+        27.0,
+        "minutes the whole run may take, data generation, validation and calibration included: the first steps are "
+        "timed and the one-cycle schedule is planned to end in time, then re-planned after each epoch (0: no limit, "
+        "--epochs alone decides)",
     )
     pretrain_epochs: int = _opt(-1, "epochs with the backbone frozen first (-1: 1 with pretrained weights, else 0)")
     batch_size: int = _opt(32, "images per step; 32 learns most per CPU minute (bench/RESULTS.md), raise it on a GPU")

@@ -7,6 +7,7 @@ torchrun --standalone --nproc_per_node=2 main.py --data data/   # data-parallel,
 """
 
 import argparse
+import time
 from pathlib import Path
 
 import distributed
@@ -23,17 +24,18 @@ from visualize import CaptchaVisualizer
 
 
 def main() -> None:
+    started = time.perf_counter()  # --time-limit counts from here: data generation is part of the run
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_args(parser)
     config = config_from_args(parser.parse_args())
     distributed.setup()
     try:
-        train(config)
+        train(config, started)
     finally:
         distributed.cleanup()
 
 
-def train(config: Config) -> None:
+def train(config: Config, started: float) -> None:
     say = print if distributed.is_main() else lambda *_: None
     try:
         if config.resume:
@@ -59,7 +61,7 @@ def train(config: Config) -> None:
     val, test = distributed.sum_all([len(loaders["val"].dataset), len(loaders["test"].dataset)])  # sharded under torchrun
     say(f"train: {len(loaders['train'].dataset)} rows, val: {val:.0f} rows, test: {test:.0f} rows")
     try:
-        run_dir = train_model(config, loaders)
+        run_dir = train_model(config, loaders, started)
     except Interrupted as stopped:
         raise SystemExit(f"main.py: {stopped}") from None
     except OSError as err:

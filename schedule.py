@@ -1,13 +1,12 @@
-"""The optimizer, its one-cycle learning-rate schedule, and the --train-minutes time budget
-that may shorten the schedule once the first steps are timed."""
+"""The optimizer, its one-cycle learning-rate schedule, and the --time-limit plan that fits
+the schedule to the time a run has left."""
 
 import math
+from itertools import count
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-import distributed
 from config import Config
 
 
@@ -26,17 +25,21 @@ def one_cycle(optimizer: torch.optim.Optimizer, config: Config, total_steps: int
     return scheduler
 
 
-def fit_time_budget(config: Config, optimizer: torch.optim.Optimizer, scheduler, seconds_per_step: float, steps_per_epoch: int):
-    """The schedule to go on with: ``scheduler`` when ``config.train_minutes`` of steps at
-    ``seconds_per_step`` hold all the steps it plans, else a one-cycle schedule over the
-    steps that do fit, advanced to where ``scheduler`` is (and a note saying so)."""
-    done, planned = scheduler.last_epoch, scheduler.total_steps
-    total = max(done + 1, min(planned, int(60 * config.train_minutes / seconds_per_step)))
-    if total == planned:
+def steps_that_fit(done: int, seconds_left: float, per_step: float, per_validation: float, steps_per_epoch: int) -> int:
+    """The largest total step count whose steps after ``done``, with the validation pass
+    that ends each epoch they reach, take at most ``seconds_left``; ``done`` when none fit."""
+    epochs_done = done // steps_per_epoch
+    for validations in count(1):
+        total = done + int((seconds_left - validations * per_validation) / per_step)
+        if total <= done:
+            return done
+        if math.ceil(total / steps_per_epoch) - epochs_done <= validations:
+            return total
+
+
+def replan(config: Config, optimizer: torch.optim.Optimizer, scheduler, total_steps: int):
+    """``scheduler`` when it already plans ``total_steps``, else a one-cycle schedule over
+    ``total_steps`` advanced to where ``scheduler`` is."""
+    if total_steps == scheduler.total_steps:
         return scheduler
-    if distributed.is_main():
-        tqdm.write(
-            f"--train-minutes {config.train_minutes:g}: at {seconds_per_step:.3f} s per step, {total} of the {planned} planned "
-            f"steps fit ({math.ceil(total / steps_per_epoch)} epochs); the one-cycle schedule now ends there (--train-minutes 0: no budget)"
-        )
-    return one_cycle(optimizer, config, total, done)
+    return one_cycle(optimizer, config, total_steps, scheduler.last_epoch)

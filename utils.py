@@ -26,9 +26,11 @@ from labels import LabelCodec
 from metrics import sequence_metrics, write_history
 from model import CNNModel
 from predict import run_inference
-from schedule import fit_time_budget, optimizer_and_schedule
+from schedule import optimizer_and_schedule, replan, steps_that_fit
 
-BUDGET_TIMING = (10, 60)  # steps of a fresh run timed for --train-minutes: after start-up, while the warm-up has barely begun
+BUDGET_TIMING = (10, 60)  # steps of a fresh run timed for --time-limit: after start-up, while the warm-up has barely begun
+FINISH_VALIDATIONS = 2  # after training, calibrating best.pt and last.pt reads the validation split twice
+FINISH_SECONDS = 15.0  # and the rest of the end (checkpoints, plots, pictures) took ~10 s here
 
 
 def seed_everything(seed: int) -> None:
@@ -187,8 +189,20 @@ def stop_requests():
             signal.signal(s, handler)
 
 
-def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = None, stop_after_steps: int | None = None) -> Path:
+def train_model(
+    config: Config,
+    loaders: dict,
+    started: float | None = None,
+    stop_after_epochs: int | None = None,
+    stop_after_steps: int | None = None,
+) -> Path:
     """Train per ``config`` on ``loaders`` (from ``load_data``); returns the run folder.
+
+    With ``config.time_limit`` a fresh run plans its one-cycle schedule to end in time:
+    ``time_limit`` minutes after ``started`` (``time.perf_counter()`` when the run began,
+    so main.py's data generation counts; default: now), leaving time for each epoch's
+    validation and for main.py's calibration after training. Steps BUDGET_TIMING are
+    timed for the first plan, and each epoch's own steps and validation re-plan it.
 
     Ctrl-C or SIGTERM saves last.pt at the end of the current step, with the position in
     the epoch, and raises Interrupted; ``config.resume`` continues from it exactly.
@@ -242,21 +256,38 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
         scaler.load_state_dict(resume.get("scaler") or {})
         start_epoch, best, history, partial = resume["epoch"] + 1, resume["best_metric"], resume["history"], resume.get("partial")
     frozen_epochs = _pretrain_epochs(config)
-    parts = [model, optimizer, scheduler, scaler]  # a time budget may replace the scheduler
+    parts = [model, optimizer, scheduler, scaler]  # the --time-limit plan may replace the scheduler
     done_steps, prior_seconds = 0, resume.get("train_seconds", 0.0) if resume else 0.0
     run_start = time.perf_counter() - prior_seconds
     snapshots = 1 + int(prior_seconds / (60 * config.snapshot_minutes)) if config.snapshot_minutes else 1
     budget_times = []  # perf_counter at the BUDGET_TIMING steps of a fresh run
+    deadline = (time.perf_counter() if started is None else started) + 60 * config.time_limit
 
     def planned_epochs() -> int:
         return min(config.epochs, math.ceil(scheduler.total_steps / steps))
 
     def epoch_steps(epoch: int) -> int:
-        """All ``steps``, except in the last epoch of a run shortened by the time budget."""
+        """All ``steps``, except in the last epoch of a run shortened by --time-limit."""
         return min(steps, scheduler.total_steps - epoch * steps)
 
     def label(epoch: int) -> str:
         return f"epoch {epoch + 1}/{planned_epochs()}"
+
+    def fit_to_deadline(per_step: float, per_validation: float, first: bool) -> None:
+        """Re-plan the schedule so that its steps, each epoch's validation and the end of the
+        run (FINISH_VALIDATIONS passes and FINISH_SECONDS) are over by the deadline; say so
+        the ``first`` time and whenever the number of epochs changes."""
+        nonlocal scheduler
+        before = planned_epochs()
+        left = deadline - time.perf_counter() - FINISH_VALIDATIONS * per_validation - FINISH_SECONDS
+        fit = steps_that_fit(scheduler.last_epoch, left, per_step, per_validation, steps)
+        parts[2] = scheduler = replan(config, optimizer, scheduler, int(distributed.broadcast(min(config.epochs * steps, fit))))
+        if main_rank and (first or planned_epochs() != before):
+            tqdm.write(
+                f"--time-limit {config.time_limit:g}: at {per_step:.3f} s per step and {per_validation:.0f} s per validation, "
+                f"{scheduler.total_steps} of the {config.epochs * steps} planned steps fit ({planned_epochs()} epochs); "
+                "the one-cycle schedule ends there (--time-limit 0: no limit)"
+            )
 
     def save(name: str, epoch: int, **extra) -> None:
         if main_rank:
@@ -297,11 +328,12 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
                     sums["correct"] += correct
                     bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{sums['seen'] / (time.perf_counter() - start):.0f}")
                 done_steps += 1
-                if config.train_minutes and not resume and done_steps in BUDGET_TIMING:
+                if config.time_limit and not resume and done_steps in BUDGET_TIMING:
                     budget_times.append(time.perf_counter())
                     if len(budget_times) == 2:
-                        per_step = distributed.broadcast((budget_times[1] - budget_times[0]) / (BUDGET_TIMING[1] - BUDGET_TIMING[0]))
-                        parts[2] = scheduler = fit_time_budget(config, optimizer, scheduler, per_step, steps)
+                        per_step = (budget_times[1] - budget_times[0]) / (BUDGET_TIMING[1] - BUDGET_TIMING[0])
+                        # inference reads an image in about a third of a training step's time
+                        fit_to_deadline(per_step, len(loaders["val"].dataset) * per_step / config.batch_size / 3, first=True)
                         bar.total = epoch_steps(epoch)
                         bar.set_description(label(epoch))
                 if config.snapshot_minutes and time.perf_counter() - run_start >= snapshots * 60 * config.snapshot_minutes:
@@ -315,6 +347,8 @@ def train_model(config: Config, loaders: dict, stop_after_epochs: int | None = N
             bar.close()
             train_time = time.perf_counter() - start
             predictions, labels, _, _ = run_inference(model, codec, loaders["val"], config.amp)
+            if config.time_limit and not resume and scheduler.last_epoch < scheduler.total_steps:
+                fit_to_deadline(train_time / sums["step"], time.perf_counter() - start - train_time, first=False)
             metrics = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
             loss_sum, seen, correct, bad = distributed.sum_all([sums["loss"], sums["seen"], sums["correct"], sums["bad"]])
             row = {

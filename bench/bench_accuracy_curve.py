@@ -4,7 +4,7 @@ minutes, each snapshot and the final model scored on the same fresh held-out cap
     python bench/bench_accuracy_curve.py --every 10 -- --epochs 14 --default-count 100000
 
 Arguments after ``--`` go to main.py unchanged (they choose the run; its length is set by
---epochs: main.py's time budget is off here unless they give --train-minutes). The
+--epochs: main.py's --time-limit is off here unless they give one). The
 held-out set is --heldout captchas of the default generator style from seed
 --heldout-seed, which no training set here uses. A snapshot taken mid-run is read while
 the learning rate is still high, so it understates what a run planned for that many
@@ -79,7 +79,7 @@ def main() -> None:
         generate_captcha_data(a.heldout, heldout, seed=a.heldout_seed)
     run_name = time.strftime("%Y%m%d-%H%M%S")
     main_args = [arg for arg in a.main_args if arg != "--"]
-    cmd = [sys.executable, str(ROOT / "main.py"), "--train-minutes", "0", *main_args, "--snapshot-minutes", f"{a.every:g}"]
+    cmd = [sys.executable, str(ROOT / "main.py"), "--time-limit", "0", *main_args, "--snapshot-minutes", f"{a.every:g}"]
     cmd += ["--out-dir", str(out), "--run-name", run_name]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)

@@ -41,7 +41,7 @@ def train(method: str, small: Path, generated: Path, base: str, steps: int, out:
         cmd += ["--data", str(small)]
     per_epoch = max(1, int(rows * TRAIN_SHARE) // batch)  # a mix epoch is cut to the same length (--max-steps)
     epochs = max(1, round(steps / per_epoch))
-    cmd += ["--epochs", str(epochs), "--max-steps", str(per_epoch), "--train-minutes", "0"]  # the steps are the budget
+    cmd += ["--epochs", str(epochs), "--max-steps", str(per_epoch), "--time-limit", "0"]  # the steps are the budget
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{method} cell failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")

@@ -1,4 +1,5 @@
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from checkpoints import load_checkpoint
 from data_loader import load_data
 from labels import LabelCodec
 from model import CNNModel
-from schedule import fit_time_budget, one_cycle, optimizer_and_schedule
+from schedule import one_cycle, optimizer_and_schedule, replan, steps_that_fit
 from utils import (
     Interrupted,
     build_model,
@@ -84,30 +85,52 @@ def test_resume_between_epochs_continues_identically(tiny_config):
         assert torch.equal(tensor, b["model"][name]), name
 
 
-def test_a_time_budget_shortens_the_schedule_where_it_stands(tiny_config):
-    config = dataclasses.replace(tiny_config, train_minutes=1.0)
-    optimizer, scheduler = optimizer_and_schedule(torch.nn.Linear(2, 2), config, total_steps=100)
+@pytest.mark.parametrize(
+    ("done", "seconds_left", "expected"),
+    [
+        (0, 100.0, 70),  # 70 steps and the validations at steps 30, 60 and 70: 70 + 3 x 10 s
+        (60, 50.0, 90),  # 30 steps and one validation; any step past 90 brings a second one
+        (60, 5.0, 60),  # not even one validation fits: stop where the run is
+        (0, 1000.0, 750),  # 25 epochs of 30 steps and their 25 validations: one step more brings a 26th
+    ],
+)
+def test_steps_that_fit_count_each_epochs_validation(done, seconds_left, expected):
+    assert steps_that_fit(done, seconds_left, per_step=1.0, per_validation=10.0, steps_per_epoch=30) == expected
+
+
+def test_replanning_continues_the_shorter_cycle_where_the_run_stands(tiny_config):
+    optimizer, scheduler = optimizer_and_schedule(torch.nn.Linear(2, 2), tiny_config, total_steps=100)
     for _ in range(20):
         optimizer.step()
         scheduler.step()
-    assert fit_time_budget(config, optimizer, scheduler, seconds_per_step=0.5, steps_per_epoch=10) is scheduler  # 120 steps fit
-    shorter = fit_time_budget(config, optimizer, scheduler, seconds_per_step=1.5, steps_per_epoch=10)
+    assert replan(tiny_config, optimizer, scheduler, 100) is scheduler
+    shorter = replan(tiny_config, optimizer, scheduler, 40)
     assert shorter.total_steps == 40 and shorter.last_epoch == 20
-    reference_optimizer, _ = optimizer_and_schedule(torch.nn.Linear(2, 2), config, total_steps=1)
-    reference = one_cycle(reference_optimizer, config, 40)
+    reference_optimizer, _ = optimizer_and_schedule(torch.nn.Linear(2, 2), tiny_config, total_steps=1)
+    reference = one_cycle(reference_optimizer, tiny_config, 40)
     for _ in range(20):
         reference_optimizer.step()
         reference.step()
     assert shorter.get_last_lr() == pytest.approx(reference.get_last_lr())  # the 40-step cycle's rate at step 20
     assert optimizer.param_groups[0]["betas"] == pytest.approx(reference_optimizer.param_groups[0]["betas"])
-    assert fit_time_budget(config, optimizer, scheduler, seconds_per_step=600.0, steps_per_epoch=10).total_steps == 21
 
 
-def test_a_run_over_its_time_budget_ends_early_and_resumes_identically(tiny_config, monkeypatch):
-    """Timed over steps 1-3, any real step is over a 6 ms budget: the run keeps one step more
-    (4 of 3 epochs x 3 steps), its last epoch cut to that step; resuming keeps the plan."""
+def test_a_run_past_its_time_limit_stops_at_the_timed_steps(tiny_config, monkeypatch):
+    """A run whose limit has passed when steps 1-3 are timed ends there, in its first epoch."""
     monkeypatch.setattr(utils, "BUDGET_TIMING", (1, 3))
-    straight = dataclasses.replace(tiny_config, epochs=3, train_minutes=1e-4, run_name="straight")
+    config = dataclasses.replace(tiny_config, epochs=3, time_limit=1.0)
+    run = train_model(config, loaders_for(config), started=time.perf_counter() - 60.0)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 3
+    assert ckpt["epoch"] == 0 and len(ckpt["history"]) == 1
+
+
+def test_a_run_fitted_to_its_time_limit_resumes_with_the_same_plan(tiny_config, monkeypatch):
+    """The plan (here: 4 steps of 3 epochs x 3) is made by the first process and kept in the
+    checkpoints; the resumed run continues it without planning again."""
+    monkeypatch.setattr(utils, "BUDGET_TIMING", (1, 3))
+    monkeypatch.setattr(utils, "steps_that_fit", lambda done, *_: 4)
+    straight = dataclasses.replace(tiny_config, epochs=3, run_name="straight")
     run = train_model(straight, loaders_for(straight))
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 2 and ckpt["scheduler"]["total_steps"] == 4
@@ -115,6 +138,7 @@ def test_a_run_over_its_time_budget_ends_early_and_resumes_identically(tiny_conf
     interrupted = dataclasses.replace(straight, run_name="interrupted")
     with pytest.raises(Interrupted) as stopped:
         train_model(interrupted, loaders_for(interrupted), stop_after_epochs=1)
+    monkeypatch.setattr(utils, "steps_that_fit", lambda done, *_: 9)  # a resumed run must not plan again
     resumed = dataclasses.replace(interrupted, resume=str(stopped.value.checkpoint))
     train_model(resumed, loaders_for(resumed))
     other = load_checkpoint(stopped.value.checkpoint)
