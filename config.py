@@ -14,8 +14,8 @@ CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") els
 DEFAULT_WORKERS = min(CPU_CORES, 12)
 
 
-def _opt(default, help: str, type=None, nargs=None):
-    return field(default=default, metadata={"help": help, "type": type, "nargs": nargs})
+def _opt(default, help: str, type=None, nargs=None, choices=None):
+    return field(default=default, metadata={"help": help, "type": type, "nargs": nargs, "choices": choices})
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Config:
     augment: str = _opt(
         "auto",
         "training augmentation (small rotation and shift, warp, colour jitter, blur): on, off, or auto (on below 20,000 training rows)",
+        choices=("on", "off", "auto"),
     )
     # model and input
     charset: str = _opt(DEFAULT_CHARSET, "characters the model reads (case-sensitive)")
@@ -157,7 +158,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
         else:
             kind = f.metadata.get("type") or (str if isinstance(default, list) else type(default))
-            parser.add_argument(flag, type=kind, nargs=f.metadata.get("nargs"), default=default, help=f.metadata["help"])
+            parser.add_argument(
+                flag, type=kind, nargs=f.metadata.get("nargs"), choices=f.metadata.get("choices"), default=default, help=f.metadata["help"]
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -45,3 +45,8 @@ def test_main_finishes_when_the_validation_split_is_empty(tmp_path, tiny_parquet
     assert result.returncode == 0, result.stderr[-2000:]
     assert "val: 0 rows" in result.stdout and "predictions: none (no validation images)" in result.stdout
     assert (tmp_path / "saved_models" / "r" / "best.pt").exists()
+
+
+def test_main_refuses_a_setting_outside_its_choices():
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--augment", "yes"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice: 'yes'" in result.stderr
