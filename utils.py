@@ -281,7 +281,7 @@ def train_model(
         before = planned_epochs()
         left = deadline - time.perf_counter() - FINISH_VALIDATIONS * per_validation - FINISH_SECONDS
         fit = steps_that_fit(scheduler.last_epoch, left, per_step, per_validation, steps)
-        parts[2] = scheduler = replan(config, optimizer, scheduler, int(distributed.broadcast(min(config.epochs * steps, fit))))
+        parts[2] = scheduler = replan(config, optimizer, scheduler, distributed.broadcast(min(config.epochs * steps, fit)))
         if main_rank and (first or planned_epochs() != before):
             tqdm.write(
                 f"--time-limit {config.time_limit:g}: at {per_step:.3f} s per step and {per_validation:.0f} s per validation, "
@@ -345,10 +345,11 @@ def train_model(
                     save("last.pt", epoch - 1, partial=sums | {"seconds": time.perf_counter() - start, "rng": torch.get_rng_state()})
                     raise Interrupted(run_dir / "last.pt")
             bar.close()
-            train_time = time.perf_counter() - start
+            validation_start = time.perf_counter()
+            train_time = validation_start - start
             predictions, labels, _, _ = run_inference(model, codec, loaders["val"], config.amp)
             if config.time_limit and not resume and scheduler.last_epoch < scheduler.total_steps:
-                fit_to_deadline(train_time / sums["step"], time.perf_counter() - start - train_time, first=False)
+                fit_to_deadline(train_time / sums["step"], time.perf_counter() - validation_start, first=False)
             metrics = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
             loss_sum, seen, correct, bad = distributed.sum_all([sums["loss"], sums["seen"], sums["correct"], sums["bad"]])
             row = {
