@@ -61,6 +61,20 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
+@lru_cache(maxsize=8192)
+def _glyph(ch: str, path: str, size: int) -> Image.Image:
+    """``ch`` drawn white on black (mode L), one text line high: the font's ascent and descent
+    are kept, so glyphs pasted at one height share a baseline and lowercase letters stay
+    smaller than capitals (c/C, o/O, x/X stay readable). Cached: drawing it was about half of
+    a captcha's time, and the same few thousand glyphs recur. Callers must not modify it."""
+    font = _font(path, size)
+    left, _, right, _ = font.getbbox(ch)
+    ascent, descent = font.getmetrics()
+    mask = Image.new("L", (right - left + 4, ascent + descent + 4), 0)
+    ImageDraw.Draw(mask).text((2 - left, 2), ch, font=font, fill=255)
+    return mask
+
+
 def generate_random_string(rng: np.random.Generator, charset: str, min_len: int, max_len: int) -> str:
     """A label of uniform random length in [min_len, max_len] over ``charset``."""
     length = int(rng.integers(min_len, max_len + 1))
@@ -75,17 +89,9 @@ def _light_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(170, 256, size=3))
 
 
-def _char_tile(ch: str, font: ImageFont.FreeTypeFont, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:
-    """One character in its own colour and rotation, as an RGBA tile one text line high.
-
-    The tile keeps the font's ascent and descent, so characters pasted at one height share a
-    baseline and lowercase letters stay smaller than capitals (c/C, o/O, x/X stay readable).
-    """
-    left, _, right, _ = font.getbbox(ch)
-    ascent, descent = font.getmetrics()
-    mask = Image.new("L", (right - left + 4, ascent + descent + 4), 0)
-    ImageDraw.Draw(mask).text((2 - left, 2), ch, font=font, fill=255)
-    mask = mask.rotate(float(rng.uniform(-style.rotation, style.rotation)), Image.BICUBIC, expand=True)
+def _char_tile(ch: str, path: str, size: int, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:
+    """One character in its own colour and rotation, as an RGBA tile one text line high."""
+    mask = _glyph(ch, path, size).rotate(float(rng.uniform(-style.rotation, style.rotation)), Image.BICUBIC, expand=True)
     x0, _, x1, _ = mask.getbbox() or (0, 0, 1, 1)
     mask = mask.crop((x0, 0, x1, mask.height))
     tile = Image.new("RGBA", mask.size, _dark_colour(rng))
@@ -101,7 +107,7 @@ def draw_text(img: Image.Image, text: str, rng: np.random.Generator, style: Capt
     """
     path = style.fonts[int(rng.integers(len(style.fonts)))]
     size = style.height * rng.uniform(0.6, 0.85)
-    tiles = [_char_tile(ch, _font(path, round(size * rng.uniform(0.95, 1.05))), rng, style) for ch in text]
+    tiles = [_char_tile(ch, path, round(size * rng.uniform(0.95, 1.05)), rng, style) for ch in text]
     overlap = rng.uniform(0.0, 0.15)
     advance = [max(1, round(t.width * (1 - overlap))) for t in tiles]
     span = sum(advance[:-1]) + tiles[-1].width
@@ -121,7 +127,7 @@ def draw_spots(img: Image.Image, rng: np.random.Generator, count: int) -> None:
     """Scatter ``count`` small filled ellipses of random colours over ``img`` in place."""
     draw = ImageDraw.Draw(img)
     for _ in range(count):
-        x, y = rng.integers(0, img.width), rng.integers(0, img.height)
+        x, y = int(rng.integers(0, img.width)), int(rng.integers(0, img.height))  # PIL draws numpy scalars 10x slower
         r = float(rng.uniform(0.5, 1.5))
         draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, size=3)))
 
@@ -148,11 +154,19 @@ def elastic_transform(img: Image.Image, rng: np.random.Generator, alpha: float, 
     x = np.clip(xx + fields[0], 0, w - 1)
     y = np.clip(yy + fields[1], 0, h - 1)
     x0, y0 = np.minimum(x.astype(np.int32), w - 2), np.minimum(y.astype(np.int32), h - 2)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    a = np.asarray(img, dtype=np.float32)
-    top = a[y0, x0] * (1 - fx) + a[y0, x0 + 1] * fx
-    bottom = a[y0 + 1, x0] * (1 - fx) + a[y0 + 1, x0 + 1] * fx
-    return Image.fromarray((top * (1 - fy) + bottom * fy + 0.5).astype(np.uint8), img.mode)
+    fx, fy = x - x0, y - y0  # (h, w)
+    # One plane per channel and np.take on flat indices: 2.5x faster than indexing an
+    # (h, w, C) array by (y, x), with the same arithmetic, so a seed's bytes are unchanged.
+    planes = np.asarray(img, dtype=np.float32).reshape(h * w, -1).T  # (C, h * w)
+    corner = (y0 * w + x0).astype(np.intp)
+
+    def sample(offset: int) -> np.ndarray:  # (C, h, w)
+        return np.take(planes, corner + offset, axis=1)
+
+    top = sample(0) * (1 - fx) + sample(1) * fx
+    bottom = sample(w) * (1 - fx) + sample(w + 1) * fx
+    warped = (top * (1 - fy) + bottom * fy + 0.5).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(warped.transpose(1, 2, 0)), img.mode)
 
 
 def generate_captcha(text: str, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:

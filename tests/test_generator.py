@@ -53,6 +53,16 @@ def test_captcha_draws_text_and_warp_changes_pixels():
     assert warped.size == img.size and not np.array_equal(np.asarray(warped), arr)
 
 
+def test_warp_keeps_pixels_and_channels_in_place():
+    pixels = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    still = elastic_transform(img, np.random.default_rng(1), alpha=1e-6)  # offsets far below a pixel
+    assert np.array_equal(np.asarray(still), pixels)
+    flat = Image.new("RGB", (30, 20), (10, 120, 250))
+    warped = elastic_transform(flat, np.random.default_rng(2), alpha=3.0)
+    assert warped.mode == "RGB" and {tuple(c) for c in np.asarray(warped).reshape(-1, 3)} == {(10, 120, 250)}
+
+
 def test_grid_image(tmp_path):
     out = save_grid_image(tmp_path / "grid.png", n=12)
     assert Image.open(out).size[0] > 500
