@@ -61,7 +61,7 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=16384)  # 12 fonts x 62 characters x 17 sizes fit
 def _glyph(ch: str, path: str, size: int) -> Image.Image:
     """``ch`` drawn white on black (mode L), one text line high: the font's ascent and descent
     are kept, so glyphs pasted at one height share a baseline and lowercase letters stay
