@@ -65,8 +65,9 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
 def _glyph(ch: str, path: str, size: int) -> Image.Image:
     """``ch`` drawn white on black (mode L), one text line high: the font's ascent and descent
     are kept, so glyphs pasted at one height share a baseline and lowercase letters stay
-    smaller than capitals (c/C, o/O, x/X stay readable). Cached: drawing it was about half of
-    a captcha's time, and the same glyphs recur (12,648 in the default style). Callers must not modify it."""
+    smaller than capitals (c/C, o/O, x/X stay readable). Cached, as drawing it took about
+    half of a captcha's time and the same glyphs recur (12,648 in the default style);
+    callers must not modify the image."""
     font = _font(path, size)
     left, _, right, _ = font.getbbox(ch)
     ascent, descent = font.getmetrics()
