@@ -16,11 +16,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import distributed
+from codec import LabelCodec
 from config import Config
 from device import get_device
 from image_store import ImageStore, build_cache, read_cache
 from inputs import decode_image, find_parquet_files, to_model_mode
-from labels import SPLITS, LabelCodec, label_problem, split_for
+from labels import SPLITS, label_problem, split_for
 
 
 def image_pixels(image: Image.Image | bytes | str | os.PathLike, channels: int = 3) -> np.ndarray:

@@ -14,11 +14,11 @@ import distributed
 from calibration import calibrate_checkpoint
 from captcha_generator import CaptchaStyle, generate_captcha_data
 from checkpoints import config_from_checkpoint, load_checkpoint
+from codec import LabelCodec
 from config import Config, HelpFormatter, add_config_args, config_from_args, finetune_config, resumed_config
 from data_loader import load_data
 from device import get_device
 from inputs import find_parquet_files
-from labels import LabelCodec
 from utils import Interrupted, train_model
 from visualize import CaptchaVisualizer
 

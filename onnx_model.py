@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from checkpoints import config_from_checkpoint
+from codec import LabelCodec
 from config import Config
 from device import keep_freed_memory
-from labels import LabelCodec
 
 PREPROCESS = (
     "RGB (channels 3) or grayscale (channels 1); resize keeping the aspect ratio to fit img_height x img_width "

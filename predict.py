@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from codec import LabelCodec
 from config import Config
 from data_loader import SquarePadAndResize, image_pixels
 from device import autocast
-from labels import LabelCodec
 
 ImageSource = bytes | str | os.PathLike  # encoded image bytes or an image file
 

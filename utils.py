@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 import distributed
 from checkpoints import check_output_dir, config_from_checkpoint, find_latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from codec import LabelCodec
 from config import Config
 from device import autocast, get_device, grad_scaler
-from labels import LabelCodec
 from metrics import sequence_metrics, write_history
 from model import CNNModel
 from predict import run_inference

@@ -46,9 +46,9 @@ def child(data: str, steps: int, workers: int, out_dir: str) -> None:
     import torch
 
     from checkpoints import load_checkpoint
+    from codec import LabelCodec
     from config import Config
     from data_loader import load_data
-    from labels import LabelCodec
     from utils import train_model
 
     config = Config(data=[data], epochs=1, max_steps=steps, workers=workers, out_dir=out_dir, run_name=f"run{time.time_ns()}")

@@ -54,10 +54,10 @@ def main() -> None:
     import torchvision.io
 
     from captcha_generator import CaptchaStyle, render_rows
+    from codec import LabelCodec
     from config import Config
     from data_loader import SquarePadAndResize, image_pixels
     from inputs import decode_image, to_model_mode
-    from labels import LabelCodec
     from predict import predict_captcha
 
     torch.set_num_threads(1)

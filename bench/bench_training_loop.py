@@ -114,9 +114,9 @@ def main() -> None:
     a = p.parse_args()
     from captcha_generator import generate_captcha_data
     from checkpoints import load_checkpoint
+    from codec import LabelCodec
     from config import Config
     from data_loader import load_data
-    from labels import LabelCodec
     from utils import train_model
 
     with tempfile.TemporaryDirectory() as tmp:

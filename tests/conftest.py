@@ -6,9 +6,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from captcha_generator import CaptchaStyle, generate_captcha_data  # noqa: E402
+from codec import LabelCodec  # noqa: E402
 from config import Config  # noqa: E402
 from data_loader import load_data  # noqa: E402
-from labels import LabelCodec  # noqa: E402
 from utils import train_model  # noqa: E402
 
 

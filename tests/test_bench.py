@@ -61,8 +61,9 @@ def test_third_party_captchas_are_in_the_shared_schema(tmp_path):
 def test_bench_few_shot_runs(tiny_parquet, tmp_path):
     from conftest import make_tiny_config
 
+    from codec import LabelCodec
     from data_loader import load_data
-    from labels import DEFAULT_CHARSET, LabelCodec
+    from labels import DEFAULT_CHARSET
     from utils import train_model
 
     config = make_tiny_config(tiny_parquet, tmp_path, charset=DEFAULT_CHARSET, max_len=8, epochs=1, max_steps=1)

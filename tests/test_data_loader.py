@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from codec import LabelCodec
 from data_loader import WORKER_NICENESS, SquarePadAndResize, load_data, read_rows
 from inputs import decode_image, find_parquet_files
-from labels import LabelCodec, split_of
+from labels import split_of
 
 
 def encoded(img: Image.Image, fmt="PNG") -> bytes:

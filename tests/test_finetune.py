@@ -13,9 +13,10 @@ from PIL import Image
 
 from captcha_generator import CaptchaStyle, generate_captcha_data
 from checkpoints import load_checkpoint
+from codec import LabelCodec
 from config import Config, finetune_config
 from data_loader import augmentation, load_data
-from labels import LabelCodec, parse_label
+from labels import parse_label
 from utils import build_model, init_from_checkpoint, train_model
 
 ROOT = Path(__file__).resolve().parents[1]

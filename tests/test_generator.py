@@ -1,4 +1,7 @@
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -66,3 +69,10 @@ def test_warp_keeps_pixels_and_channels_in_place():
 def test_grid_image(tmp_path):
     out = save_grid_image(tmp_path / "grid.png", n=12)
     assert Image.open(out).size[0] > 500
+
+
+def test_data_scripts_do_not_load_torch():
+    code = "import sys, captcha_generator, make_dataset; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

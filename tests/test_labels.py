@@ -3,7 +3,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labels import DEFAULT_CHARSET, LabelCodec, label_problem, parse_label, split_of
+from codec import LabelCodec
+from labels import DEFAULT_CHARSET, label_problem, parse_label, split_of
 
 
 @pytest.mark.parametrize(

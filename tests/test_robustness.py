@@ -16,9 +16,9 @@ import torch
 import checkpoints
 from captcha_generator import SCHEMA
 from checkpoints import find_latest_checkpoint, load_checkpoint
+from codec import LabelCodec
 from config import Config, resumed_config
 from data_loader import load_data
-from labels import LabelCodec
 from utils import Interrupted, load_model, train_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import torch
 
 import utils
 from checkpoints import load_checkpoint
+from codec import LabelCodec
 from data_loader import load_data
-from labels import LabelCodec
 from model import CNNModel
 from schedule import one_cycle, optimizer_and_schedule, replan, steps_that_fit
 from utils import (
