@@ -9,7 +9,7 @@ so a seed gives byte-identical files whatever the number of worker processes.
 import argparse
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
 from config import HelpFormatter
@@ -54,6 +54,35 @@ class CaptchaStyle:
     lines: int = 2
     rotation: float = 25.0
     warp: float = 1.5
+    text_size: tuple[float, float] = (0.6, 0.85)  # range of the font size, as a share of the height
+    stretch: float = 1.0  # glyph width factor: below 1 condensed, above 1 extended
+    bold: bool = False  # strokes thickened by a pixel each side
+    one_colour: bool = False  # text, spots and strokes in one ink (else a colour each)
+    background: tuple[int, int] = (170, 256)  # range of each background channel
+    line_width: int = 1
+    varied: bool = False  # draw each captcha's look at random (see vary): for a model meant to adapt to other styles
+
+
+def vary(style: CaptchaStyle, rng: np.random.Generator) -> CaptchaStyle:
+    """One captcha's look drawn at random around ``style``: condensed or extended glyphs
+    (0.5-1.4x wide), text filling up to the whole height, bold strokes, one ink or many, a
+    pale or tinted background, no to heavy noise, little to strong rotation and warp.
+    Captchas in the wild differ in all of these; a model that has seen them all learns the
+    characters rather than one style's look, and adapts to a new style from fewer labels."""
+    return replace(
+        style,
+        varied=False,
+        stretch=float(np.exp(rng.uniform(np.log(0.5), np.log(1.4)))),
+        text_size=(0.55, 1.0),
+        bold=bool(rng.random() < 0.3),
+        one_colour=bool(rng.random() < 0.5),
+        background=(215, 256) if rng.random() < 0.5 else (170, 256),
+        spots=int(rng.integers(0, 4 * style.spots + 1)),
+        lines=int(rng.integers(0, style.lines + 2)),
+        line_width=int(rng.integers(1, 3)),
+        rotation=float(rng.uniform(0, 1.2 * style.rotation)),
+        warp=float(rng.uniform(0, 1.6 * style.warp)),
+    )
 
 
 @lru_cache(maxsize=512)
@@ -86,29 +115,35 @@ def _dark_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 140, size=3))
 
 
-def _light_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(c) for c in rng.integers(170, 256, size=3))
+def _light_colour(rng: np.random.Generator, low: int = 170, high: int = 256) -> tuple[int, int, int]:
+    return tuple(int(c) for c in rng.integers(low, high, size=3))
 
 
-def _char_tile(ch: str, path: str, size: int, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:
-    """One character in its own colour and rotation, as an RGBA tile one text line high."""
-    mask = _glyph(ch, path, size).rotate(float(rng.uniform(-style.rotation, style.rotation)), Image.BICUBIC, expand=True)
+def _char_tile(ch: str, path: str, size: int, rng: np.random.Generator, style: CaptchaStyle, ink: tuple | None) -> Image.Image:
+    """One character in ``ink`` (or a colour of its own) and its own rotation, as an RGBA
+    tile one text line high."""
+    mask = _glyph(ch, path, size)
+    if style.stretch != 1.0:
+        mask = mask.resize((max(1, round(mask.width * style.stretch)), mask.height), Image.BICUBIC)
+    if style.bold:
+        mask = mask.filter(ImageFilter.MaxFilter(3))
+    mask = mask.rotate(float(rng.uniform(-style.rotation, style.rotation)), Image.BICUBIC, expand=True)
     x0, _, x1, _ = mask.getbbox() or (0, 0, 1, 1)
     mask = mask.crop((x0, 0, x1, mask.height))
-    tile = Image.new("RGBA", mask.size, _dark_colour(rng))
+    tile = Image.new("RGBA", mask.size, ink or _dark_colour(rng))
     tile.putalpha(mask)
     return tile
 
 
-def draw_text(img: Image.Image, text: str, rng: np.random.Generator, style: CaptchaStyle) -> None:
+def draw_text(img: Image.Image, text: str, rng: np.random.Generator, style: CaptchaStyle, ink: tuple | None = None) -> None:
     """Paste ``text`` onto ``img`` in place, character by character, neighbours overlapping.
 
     One font and size per captcha (each character's size jittered by 5%), as a real site's
-    captchas have; rotation, colour and height vary per character.
+    captchas have; rotation, height and (without ``ink``) colour vary per character.
     """
     path = style.fonts[int(rng.integers(len(style.fonts)))]
-    size = style.height * rng.uniform(0.6, 0.85)
-    tiles = [_char_tile(ch, path, round(size * rng.uniform(0.95, 1.05)), rng, style) for ch in text]
+    size = style.height * rng.uniform(*style.text_size)
+    tiles = [_char_tile(ch, path, round(size * rng.uniform(0.95, 1.05)), rng, style, ink) for ch in text]
     overlap = rng.uniform(0.0, 0.15)
     advance = [max(1, round(t.width * (1 - overlap))) for t in tiles]
     span = sum(advance[:-1]) + tiles[-1].width
@@ -124,22 +159,22 @@ def draw_text(img: Image.Image, text: str, rng: np.random.Generator, style: Capt
         x += step
 
 
-def draw_spots(img: Image.Image, rng: np.random.Generator, count: int) -> None:
-    """Scatter ``count`` small filled ellipses of random colours over ``img`` in place."""
+def draw_spots(img: Image.Image, rng: np.random.Generator, count: int, ink: tuple | None = None) -> None:
+    """Scatter ``count`` small filled ellipses in ``ink`` (or random colours) over ``img`` in place."""
     draw = ImageDraw.Draw(img)
     for _ in range(count):
         x, y = int(rng.integers(0, img.width)), int(rng.integers(0, img.height))  # PIL draws numpy scalars 10x slower
         r = float(rng.uniform(0.5, 1.5))
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, size=3)))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=ink or tuple(int(c) for c in rng.integers(0, 256, size=3)))
 
 
-def draw_lines(img: Image.Image, rng: np.random.Generator, count: int) -> None:
+def draw_lines(img: Image.Image, rng: np.random.Generator, count: int, width: int = 1, ink: tuple | None = None) -> None:
     """Draw ``count`` curved strokes across ``img`` in place (each a 3-segment polyline)."""
     draw = ImageDraw.Draw(img)
     for _ in range(count):
         xs = np.sort(rng.uniform(0, img.width, size=4))
         ys = rng.uniform(0, img.height, size=4)
-        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=_dark_colour(rng), width=1)
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=ink or _dark_colour(rng), width=width)
 
 
 def elastic_transform(img: Image.Image, rng: np.random.Generator, alpha: float, grid: tuple[int, int] = (4, 10)) -> Image.Image:
@@ -172,10 +207,13 @@ def elastic_transform(img: Image.Image, rng: np.random.Generator, alpha: float, 
 
 def generate_captcha(text: str, rng: np.random.Generator, style: CaptchaStyle) -> Image.Image:
     """Draw one RGB captcha of ``style.width`` x ``style.height`` showing ``text``."""
-    img = Image.new("RGB", (style.width, style.height), _light_colour(rng))
-    draw_spots(img, rng, style.spots)
-    draw_text(img, text, rng, style)
-    draw_lines(img, rng, style.lines)
+    if style.varied:
+        style = vary(style, rng)
+    ink = _dark_colour(rng) if style.one_colour else None
+    img = Image.new("RGB", (style.width, style.height), _light_colour(rng, *style.background))
+    draw_spots(img, rng, style.spots, ink)
+    draw_text(img, text, rng, style, ink)
+    draw_lines(img, rng, style.lines, style.line_width, ink)
     return elastic_transform(img, rng, style.warp)
 
 
@@ -271,11 +309,16 @@ def main() -> None:
     p.add_argument("--lines", type=int, default=d.lines, help="noise strokes per captcha")
     p.add_argument("--rotation", type=float, default=d.rotation, help="max per-character rotation in degrees")
     p.add_argument("--warp", type=float, default=d.warp, help="elastic warp strength in pixels (0: off)")
+    p.add_argument(
+        "--varied", action="store_true",
+        help="draw each captcha's look at random (glyph width, text size, bold, one ink or many, background, noise, "
+        "rotation and warp around the values above): data for a model meant to adapt to other styles",
+    )  # fmt: skip
     p.add_argument("--grid", default="saved_captchas_grid/grid_captchas.png", help="grid picture path ('' to skip)")
     a = p.parse_args()
     style = CaptchaStyle(
         width=a.width, height=a.height, min_len=a.min_len, max_len=a.max_len, charset=a.charset, fonts=tuple(a.fonts),
-        spots=a.spots, lines=a.lines, rotation=a.rotation, warp=a.warp,
+        spots=a.spots, lines=a.lines, rotation=a.rotation, warp=a.warp, varied=a.varied,
     )  # fmt: skip
     out = generate_captcha_data(a.count, a.output, a.seed, style, a.workers)
     print(f"wrote {a.count} captchas to {out}")

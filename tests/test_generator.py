@@ -14,6 +14,7 @@ from captcha_generator import (
     generate_captcha_data,
     generate_random_string,
     save_grid_image,
+    vary,
 )
 from labels import parse_label
 
@@ -64,6 +65,51 @@ def test_warp_keeps_pixels_and_channels_in_place():
     flat = Image.new("RGB", (30, 20), (10, 120, 250))
     warped = elastic_transform(flat, np.random.default_rng(2), alpha=3.0)
     assert warped.mode == "RGB" and {tuple(c) for c in np.asarray(warped).reshape(-1, 3)} == {(10, 120, 250)}
+
+
+def _ink_width(img: Image.Image) -> int:
+    arr = np.asarray(img).astype(int)
+    columns = np.nonzero((np.abs(arr - arr[0, 0]).sum(axis=2) > 100).any(axis=0))[0]
+    return int(columns[-1] - columns[0] + 1)
+
+
+def test_stretch_widens_and_condenses_the_glyphs():
+    plain = CaptchaStyle(spots=0, lines=0, warp=0, rotation=0)
+    widths = {
+        s: _ink_width(generate_captcha("Hm", np.random.default_rng(0), CaptchaStyle(**{**plain.__dict__, "stretch": s})))
+        for s in (0.5, 1.0, 1.4)
+    }
+    assert widths[0.5] < 0.7 * widths[1.0] and widths[1.4] > 1.25 * widths[1.0]
+
+
+def _inks(img: Image.Image) -> list[tuple]:
+    """Distinct inks: colours other than the background's filling more than 30 pixels exactly
+    (glyph interiors), those within 30 levels of an ink already found counted once."""
+    arr = np.asarray(img).reshape(-1, 3).astype(int)
+    colours, counts = np.unique(arr, axis=0, return_counts=True)
+    inks = []
+    for colour in colours[np.argsort(-counts)][: int((counts > 30).sum())]:
+        if np.abs(colour - arr[0]).sum() > 30 and all(np.abs(colour - ink).sum() > 30 for ink in inks):
+            inks.append(colour)
+    return inks
+
+
+def test_one_colour_draws_text_spots_and_strokes_in_one_ink():
+    plain = dict(warp=0, rotation=0, spots=30, lines=2)
+    one = generate_captcha("HMWB", np.random.default_rng(1), CaptchaStyle(**plain, one_colour=True))
+    many = generate_captcha("HMWB", np.random.default_rng(1), CaptchaStyle(**plain))
+    assert len(_inks(one)) == 1 and len(_inks(many)) >= 3
+
+
+def test_varied_style_draws_a_look_per_captcha_and_repeats_per_seed():
+    looks = [vary(CaptchaStyle(), np.random.default_rng(i)) for i in range(300)]
+    stretches = [look.stretch for look in looks]
+    assert min(stretches) < 0.6 and max(stretches) > 1.25
+    assert {look.one_colour for look in looks} == {look.bold for look in looks} == {True, False}
+    assert {look.background for look in looks} == {(170, 256), (215, 256)} and not any(look.varied for look in looks)
+    varied = CaptchaStyle(varied=True)
+    first, again = (generate_captcha("aB3x", np.random.default_rng(4), varied) for _ in range(2))
+    assert np.array_equal(np.asarray(first), np.asarray(again))
 
 
 def test_grid_image(tmp_path):
