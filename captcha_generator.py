@@ -40,6 +40,15 @@ def default_fonts() -> list[str]:
     return sorted(str(p) for p in ttf.glob("DejaVu*.ttf") if "Display" not in p.name and "ExtraLight" not in p.name)
 
 
+def all_fonts() -> list[str]:
+    """Every text font matplotlib ships that draws the 62 alphanumerics: the 12 DejaVu, 4 STIX
+    General (a Times-like serif) and 5 Computer Modern faces (roman, bold, sans, italic,
+    typewriter). The varied style draws from these."""
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    stix = sorted(str(p) for p in ttf.glob("STIXGeneral*.ttf"))
+    return default_fonts() + stix + [str(ttf / f"{name}.ttf") for name in ("cmr10", "cmb10", "cmss10", "cmti10", "cmtt10")]
+
+
 @dataclass(frozen=True)
 class CaptchaStyle:
     """Everything that shapes a captcha; one object travels to every worker."""
@@ -60,7 +69,9 @@ class CaptchaStyle:
     one_colour: bool = False  # text, spots and strokes in one ink (else a colour each)
     background: tuple[int, int] = (170, 256)  # range of each background channel
     line_width: int = 1
-    varied: bool = False  # draw each captcha's look at random (see vary): for a model meant to adapt to other styles
+    varied: bool = (
+        False  # draw each captcha's look at random (see vary), best with fonts=all_fonts(): for a model meant to adapt to other styles
+    )
 
 
 def vary(style: CaptchaStyle, rng: np.random.Generator) -> CaptchaStyle:
@@ -90,7 +101,7 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
-@lru_cache(maxsize=16384)  # 12 fonts x 62 characters x 17 sizes fit
+@lru_cache(maxsize=40000)  # the default's 12 fonts x 62 characters x 17 sizes fit, and --varied's 21 x 62 x 29
 def _glyph(ch: str, path: str, size: int) -> Image.Image:
     """``ch`` drawn white on black (mode L), one text line high: the font's ascent and descent
     are kept, so glyphs pasted at one height share a baseline and lowercase letters stay
@@ -304,7 +315,10 @@ def main() -> None:
     p.add_argument("--charset", default=d.charset, help="characters labels are drawn from")
     p.add_argument("--width", type=int, default=d.width, help="image width in pixels")
     p.add_argument("--height", type=int, default=d.height, help="image height in pixels")
-    p.add_argument("--fonts", nargs="+", default=list(d.fonts), help="TrueType font files (default: matplotlib's DejaVu)")
+    p.add_argument(
+        "--fonts", nargs="+", default=None,
+        help="TrueType font files (default: matplotlib's 12 DejaVu fonts; with --varied all 21 of its text fonts)",
+    )  # fmt: skip
     p.add_argument("--spots", type=int, default=d.spots, help="noise spots per captcha")
     p.add_argument("--lines", type=int, default=d.lines, help="noise strokes per captcha")
     p.add_argument("--rotation", type=float, default=d.rotation, help="max per-character rotation in degrees")
@@ -312,12 +326,13 @@ def main() -> None:
     p.add_argument(
         "--varied", action="store_true",
         help="draw each captcha's look at random (glyph width, text size, bold, one ink or many, background, noise, "
-        "rotation and warp around the values above): data for a model meant to adapt to other styles",
+        "rotation and warp around the values above) in more fonts: data for a model meant to adapt to other styles",
     )  # fmt: skip
     p.add_argument("--grid", default="saved_captchas_grid/grid_captchas.png", help="grid picture path ('' to skip)")
     a = p.parse_args()
+    fonts = a.fonts or (all_fonts() if a.varied else default_fonts())
     style = CaptchaStyle(
-        width=a.width, height=a.height, min_len=a.min_len, max_len=a.max_len, charset=a.charset, fonts=tuple(a.fonts),
+        width=a.width, height=a.height, min_len=a.min_len, max_len=a.max_len, charset=a.charset, fonts=tuple(fonts),
         spots=a.spots, lines=a.lines, rotation=a.rotation, warp=a.warp, varied=a.varied,
     )  # fmt: skip
     out = generate_captcha_data(a.count, a.output, a.seed, style, a.workers)

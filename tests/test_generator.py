@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageFont
 
 from captcha_generator import (
     CaptchaStyle,
+    all_fonts,
+    default_fonts,
     elastic_transform,
     generate_captcha,
     generate_captcha_data,
@@ -16,7 +18,7 @@ from captcha_generator import (
     save_grid_image,
     vary,
 )
-from labels import parse_label
+from labels import DEFAULT_CHARSET, parse_label
 
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
@@ -110,6 +112,14 @@ def test_varied_style_draws_a_look_per_captcha_and_repeats_per_seed():
     varied = CaptchaStyle(varied=True)
     first, again = (generate_captcha("aB3x", np.random.default_rng(4), varied) for _ in range(2))
     assert np.array_equal(np.asarray(first), np.asarray(again))
+
+
+def test_all_fonts_draw_every_character():
+    fonts = all_fonts()
+    assert len(fonts) == 21 and set(default_fonts()) < set(fonts)
+    for path in fonts:
+        font = ImageFont.truetype(path, 20)
+        assert all(font.getmask(ch).getbbox() for ch in DEFAULT_CHARSET), path
 
 
 def test_grid_image(tmp_path):
