@@ -5,8 +5,8 @@ each with the same CPU time budget.
     pip install -r requirements-bench.txt
     python bench/bench_few_shot.py --base saved_models/<run>/best.pt --sizes 500 1000 5000 --minutes 3
 
-The new style is the `captcha` package's ImageCaptcha (bench/third_party_captchas.py),
-which our generator does not make. For each training-set size the three methods run
+The new style is the `captcha` package's ImageCaptcha, or wheezy.captcha's with `--style
+wheezy` (bench/third_party_captchas.py); our generator makes neither. For each training-set size the three methods run
 main.py with the same number of optimisation steps (the budget divided by the measured
 time per step), then accuracy_calculator.py scores each on the same 2,000 test captchas.
 """
@@ -59,14 +59,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--finetune-lr", type=float, default=3e-3, help="peak learning rate of the fine-tune and mix cells (main.py's default)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="which methods to run")
+    p.add_argument("--style", choices=("imagecaptcha", "wheezy"), default="imagecaptcha", help="the new style (third_party_captchas.py)")
     a = p.parse_args()
     steps = max(1, int(a.minutes * 60 * a.images_per_s / a.batch_size))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001)
+        test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001, style=a.style)
         for size in a.sizes:
-            small = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size)
+            small = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size, style=a.style)
             for method in a.methods:
                 start = time.perf_counter()
                 best = train(method, small, Path(a.generated), a.base, steps, tmp / f"runs{size}", a.batch_size, a.finetune_lr)
@@ -74,7 +75,7 @@ def main() -> None:
                 rows.append((size, method, minutes, accuracy_report(best, test, tmp / f"{size}-{method}.json")["case_sensitive"]))
                 print(f"{size} {method}: {rows[-1][3]['seq_acc']:.2%} in {minutes:.1f} min", flush=True)
     print(f"\nmachine: {machine()}; {steps} steps of {a.batch_size} per cell, fine-tuning lr {a.finetune_lr:g}")
-    print(f"test: {a.test} ImageCaptcha captchas\n")
+    print(f"test: {a.test} {a.style} captchas\n")
     print("| labelled images | method | minutes | seq acc | CER |")
     print("|---|---|---|---|---|")
     for size, method, minutes, r in rows:

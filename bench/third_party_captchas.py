@@ -1,8 +1,11 @@
-"""Captchas of a style our generator does not make: the `captcha` package from PyPI
-(ImageCaptcha), written into the shared parquet schema.
+"""Captchas of styles our generator does not make, written into the shared parquet schema:
+the `captcha` package's ImageCaptcha (150x50, the default) or wheezy.captcha's example
+recipe (200x60: warped, rotated and offset glyphs of mixed sizes, a curve, noise,
+smoothing; Debian's Liberation fonts unless --fonts is given). Both are on PyPI.
 
     pip install -r requirements-bench.txt
     python bench/third_party_captchas.py --count 2000 --output third_party.parquet --seed 1
+    python bench/third_party_captchas.py --style wheezy --count 2000 --output wheezy.parquet --seed 1
 """
 
 import argparse
@@ -39,19 +42,55 @@ class SeededSecrets:
         return self._rng.choice(seq)
 
 
-def write_third_party(count: int, output: str | Path, seed: int, min_len: int = 4, max_len: int = 8, charset: str = DEFAULT_CHARSET):
-    """Write ``count`` ImageCaptcha captchas (150x50), labels drawn like ours; deterministic per seed. Returns the path."""
+LIBERATION = (
+    "/usr/share/fonts/truetype/liberation/LiberationSerif-Bold.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf",
+)
+
+
+def image_captcha_renderer(seed: int):
+    """ImageCaptcha at 150x50: ``render(label, index)`` -> PIL image."""
     import captcha.image
     from captcha.image import ImageCaptcha
 
     writer = ImageCaptcha(width=150, height=50)
+
+    def render(label: str, index: int):
+        captcha.image.secrets = SeededSecrets(f"{seed}-{index}")
+        return writer.generate_image(label)
+
+    return render
+
+
+def wheezy_renderer(seed: int, fonts: tuple[str, ...] = LIBERATION):
+    """wheezy.captcha's README recipe at 200x60 (font sizes scaled to the height): ``render(label, index)``."""
+    from wheezy.captcha import image as wc
+
+    missing = [f for f in fonts if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"fonts not found: {missing}; apt-get install fonts-liberation or pass --fonts")
+    text = wc.text(fonts=list(fonts), font_sizes=(36, 40, 44), drawings=[wc.warp(), wc.rotate(), wc.offset()])
+    draw = wc.captcha(width=200, height=60, drawings=[wc.background(), text, wc.curve(), wc.noise(), wc.smooth()])
+
+    def render(label: str, index: int):
+        random.seed(f"{seed}-{index}")  # wheezy.captcha draws from the random module
+        return draw(label)
+
+    return render
+
+
+def write_third_party(
+    count: int, output: str | Path, seed: int, style: str = "imagecaptcha", fonts: tuple[str, ...] = LIBERATION,
+    min_len: int = 4, max_len: int = 8, charset: str = DEFAULT_CHARSET,
+) -> Path:  # fmt: skip
+    """Write ``count`` captchas of ``style`` (imagecaptcha or wheezy), labels drawn like ours; deterministic per seed. Returns the path."""
+    render = image_captcha_renderer(seed) if style == "imagecaptcha" else wheezy_renderer(seed, fonts)
     rows = {"bytes": [], "path": [], "text": []}
-    for index in tqdm(range(count), desc="third-party captchas", unit="img", leave=False):
+    for index in tqdm(range(count), desc=f"{style} captchas", unit="img", leave=False):
         rng = np.random.default_rng([seed, index])
         label = generate_random_string(rng, charset, min_len, max_len)
-        captcha.image.secrets = SeededSecrets(f"{seed}-{index}")
         buf = io.BytesIO()
-        writer.generate_image(label).save(buf, "PNG")
+        render(label, index).save(buf, "PNG")
         rows["bytes"].append(buf.getvalue())
         rows["path"].append(f"tp-{index:08d}.png")
         rows["text"].append(TEXT_TEMPLATE.format(label))
@@ -67,8 +106,10 @@ def main() -> None:
     p.add_argument("--count", type=int, default=2000, help="captchas to write")
     p.add_argument("--output", default="third_party.parquet", help="parquet file to write")
     p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument("--style", choices=("imagecaptcha", "wheezy"), default="imagecaptcha", help="which package draws them")
+    p.add_argument("--fonts", nargs="+", default=list(LIBERATION), help="TrueType fonts of the wheezy style")
     a = p.parse_args()
-    print(f"wrote {write_third_party(a.count, a.output, a.seed)}")
+    print(f"wrote {write_third_party(a.count, a.output, a.seed, a.style, tuple(a.fonts))}")
 
 
 if __name__ == "__main__":

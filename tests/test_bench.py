@@ -1,10 +1,13 @@
 """Each bench script runs on a tiny setting (the figures come from running them in full)."""
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,15 +50,18 @@ def test_bench_large_dataset_runs():
 def test_third_party_captchas_are_in_the_shared_schema(tmp_path):
     import pyarrow.parquet as pq
 
-    from captcha_generator import SCHEMA
+    from captcha_generator import SCHEMA, default_fonts
     from labels import parse_label
 
-    for name in ("tp.parquet", "again.parquet"):
-        run("bench/third_party_captchas.py", "--count", "5", "--output", str(tmp_path / name), "--seed", "3")
-    table = pq.read_table(tmp_path / "tp.parquet")
-    assert table.schema.equals(SCHEMA) and table.num_rows == 5
-    assert table.equals(pq.read_table(tmp_path / "again.parquet"))  # a seed gives the same captchas
-    assert all(4 <= len(parse_label(t)) <= 8 for t in table["text"].to_pylist())
+    fonts = ["--fonts", *default_fonts()[:2]]  # any TrueType files; Debian's Liberation fonts may be missing
+    for style, size in (("imagecaptcha", (150, 50)), ("wheezy", (200, 60))):
+        for name in ("tp.parquet", "again.parquet"):
+            run("bench/third_party_captchas.py", "--style", style, *fonts, "--count", "5", "--output", str(tmp_path / name), "--seed", "3")
+        table = pq.read_table(tmp_path / "tp.parquet")
+        assert table.schema.equals(SCHEMA) and table.num_rows == 5
+        assert table.equals(pq.read_table(tmp_path / "again.parquet"))  # a seed gives the same captchas
+        assert all(4 <= len(parse_label(t)) <= 8 for t in table["text"].to_pylist())
+        assert Image.open(io.BytesIO(table["image"][0].as_py()["bytes"])).size == size
 
 
 def test_bench_few_shot_runs(tiny_parquet, tmp_path):
