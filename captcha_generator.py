@@ -69,17 +69,15 @@ class CaptchaStyle:
     one_colour: bool = False  # text, spots and strokes in one ink (else a colour each)
     background: tuple[int, int] = (170, 256)  # range of each background channel
     line_width: int = 1
-    varied: bool = (
-        False  # draw each captcha's look at random (see vary), best with fonts=all_fonts(): for a model meant to adapt to other styles
-    )
+    varied: bool = False  # draw each captcha's look at random (vary); pair it with fonts=all_fonts()
 
 
 def vary(style: CaptchaStyle, rng: np.random.Generator) -> CaptchaStyle:
     """One captcha's look drawn at random around ``style``: condensed or extended glyphs
     (0.5-1.4x wide), text filling up to the whole height, bold strokes, one ink or many, a
-    pale or tinted background, no to heavy noise, little to strong rotation and warp.
-    Captchas in the wild differ in all of these; a model that has seen them all learns the
-    characters rather than one style's look, and adapts to a new style from fewer labels."""
+    pale or tinted background, no to heavy noise, little to strong rotation and warp, as
+    captchas in the wild differ. A model trained on them reads more of a foreign style as
+    it is, but was no better a base to fine-tune (bench/RESULTS.md, session 16)."""
     return replace(
         style,
         varied=False,
@@ -326,7 +324,7 @@ def main() -> None:
     p.add_argument(
         "--varied", action="store_true",
         help="draw each captcha's look at random (glyph width, text size, bold, one ink or many, background, noise, "
-        "rotation and warp around the values above) in more fonts: data for a model meant to adapt to other styles",
+        "rotation and warp around the values above) in all 21 fonts of all_fonts(): data of many looks",
     )  # fmt: skip
     p.add_argument("--grid", default="saved_captchas_grid/grid_captchas.png", help="grid picture path ('' to skip)")
     a = p.parse_args()
