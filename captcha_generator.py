@@ -34,17 +34,21 @@ TEXT_TEMPLATE = "The text in this image is '{}'"
 ROW_GROUP = 1000
 
 
+def _matplotlib_ttf() -> Path:
+    """The folder of TrueType fonts that matplotlib ships, so every install has them."""
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
 def default_fonts() -> list[str]:
-    """The DejaVu TrueType fonts that matplotlib ships (so every install has them), sorted."""
-    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    return sorted(str(p) for p in ttf.glob("DejaVu*.ttf") if "Display" not in p.name and "ExtraLight" not in p.name)
+    """The DejaVu TrueType fonts that matplotlib ships, sorted."""
+    return sorted(str(p) for p in _matplotlib_ttf().glob("DejaVu*.ttf") if "Display" not in p.name and "ExtraLight" not in p.name)
 
 
 def all_fonts() -> list[str]:
     """Every text font matplotlib ships that draws the 62 alphanumerics: the 12 DejaVu, 4 STIX
     General (a Times-like serif) and 5 Computer Modern faces (roman, bold, sans, italic,
     typewriter). The varied style draws from these."""
-    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    ttf = _matplotlib_ttf()
     stix = sorted(str(p) for p in ttf.glob("STIXGeneral*.ttf"))
     return default_fonts() + stix + [str(ttf / f"{name}.ttf") for name in ("cmr10", "cmb10", "cmss10", "cmti10", "cmtt10")]
 
@@ -124,7 +128,7 @@ def _dark_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 140, size=3))
 
 
-def _light_colour(rng: np.random.Generator, low: int = 170, high: int = 256) -> tuple[int, int, int]:
+def _light_colour(rng: np.random.Generator, low: int, high: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(low, high, size=3))
 
 

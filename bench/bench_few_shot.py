@@ -6,9 +6,10 @@ each with the same CPU time budget.
     python bench/bench_few_shot.py --base saved_models/<run>/best.pt --sizes 500 1000 5000 --minutes 3
 
 The new style is the `captcha` package's ImageCaptcha, or wheezy.captcha's with `--style
-wheezy` (bench/third_party_captchas.py); our generator makes neither. For each training-set size the three methods run
-main.py with the same number of optimisation steps (the budget divided by the measured
-time per step), then accuracy_calculator.py scores each on the same 2,000 test captchas.
+wheezy` (bench/third_party_captchas.py); our generator makes neither. For each
+training-set size the three methods run main.py with the same number of optimisation
+steps (the budget divided by the measured time per step), then accuracy_calculator.py
+scores each on the same 2,000 test captchas.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from common import ROOT, accuracy_report, machine
-from third_party_captchas import write_third_party
+from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
 
@@ -59,7 +60,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--finetune-lr", type=float, default=3e-3, help="peak learning rate of the fine-tune and mix cells (main.py's default)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="which methods to run")
-    p.add_argument("--style", choices=("imagecaptcha", "wheezy"), default="imagecaptcha", help="the new style (third_party_captchas.py)")
+    p.add_argument("--style", choices=STYLES, default="imagecaptcha", help="the new style (third_party_captchas.py)")
     a = p.parse_args()
     steps = max(1, int(a.minutes * 60 * a.images_per_s / a.batch_size))
     rows = []

@@ -42,6 +42,7 @@ class SeededSecrets:
         return self._rng.choice(seq)
 
 
+STYLES = ("imagecaptcha", "wheezy")
 LIBERATION = (
     "/usr/share/fonts/truetype/liberation/LiberationSerif-Bold.ttf",
     "/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf",
@@ -84,6 +85,8 @@ def write_third_party(
     min_len: int = 4, max_len: int = 8, charset: str = DEFAULT_CHARSET,
 ) -> Path:  # fmt: skip
     """Write ``count`` captchas of ``style`` (imagecaptcha or wheezy), labels drawn like ours; deterministic per seed. Returns the path."""
+    if style not in STYLES:
+        raise ValueError(f"style {style!r}: choose one of {STYLES}")
     render = image_captcha_renderer(seed) if style == "imagecaptcha" else wheezy_renderer(seed, fonts)
     rows = {"bytes": [], "path": [], "text": []}
     for index in tqdm(range(count), desc=f"{style} captchas", unit="img", leave=False):
@@ -106,7 +109,7 @@ def main() -> None:
     p.add_argument("--count", type=int, default=2000, help="captchas to write")
     p.add_argument("--output", default="third_party.parquet", help="parquet file to write")
     p.add_argument("--seed", type=int, default=1, help="random seed")
-    p.add_argument("--style", choices=("imagecaptcha", "wheezy"), default="imagecaptcha", help="which package draws them")
+    p.add_argument("--style", choices=STYLES, default="imagecaptcha", help="which package draws them")
     p.add_argument("--fonts", nargs="+", default=list(LIBERATION), help="TrueType fonts of the wheezy style")
     a = p.parse_args()
     print(f"wrote {write_third_party(a.count, a.output, a.seed, a.style, tuple(a.fonts))}")
