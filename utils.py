@@ -159,6 +159,30 @@ def _set_phase(model: CNNModel, frozen: bool, config: Config) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, find_unused_parameters=not config.ctc_weight)
 
 
+def _prepare_model(config: Config, device: torch.device, run_dir: Path, fresh: bool) -> tuple[nn.Module, torch.memory_format]:
+    """The model train_model trains, on ``device`` in its memory format: seeded, started from
+    --pretrained-weights or --init-from in a ``fresh`` run (a resumed one loads its own
+    weights later), batch norm synchronised under torchrun with --sync-bn."""
+    main_rank = distributed.is_main()
+    seed_everything(config.seed)
+    model = build_model(config)
+    if main_rank:
+        check_output_dir(run_dir, need_bytes=2 * 4 * 4 * sum(p.numel() for p in model.parameters()) + 2**20)
+    if config.pretrained_weights and fresh:
+        load_pretrained_backbone(model, config.pretrained_weights)
+    if config.init_from and fresh:
+        new = init_from_checkpoint(model, load_checkpoint(config.init_from), config)
+        if main_rank:
+            print(f"fine-tuning from {config.init_from} ({new} new characters)")
+    if config.sync_bn and distributed.active():
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif main_rank:
+            print("note: --sync-bn needs CUDA; ignored on this device")
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format), memory_format
+
+
 class Interrupted(Exception):
     """Training stopped on request (Ctrl-C, SIGTERM); ``checkpoint`` holds the state to resume from."""
 
@@ -227,23 +251,7 @@ def train_model(
     resume = load_checkpoint(config.resume) if config.resume else None
     run_name = config.run_name or distributed.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = Path(config.resume).parent if resume else Path(config.out_dir) / run_name
-    seed_everything(config.seed)
-    model = build_model(config)
-    if main_rank:
-        check_output_dir(run_dir, need_bytes=2 * 4 * 4 * sum(p.numel() for p in model.parameters()) + 2**20)
-    if config.pretrained_weights and not resume:
-        load_pretrained_backbone(model, config.pretrained_weights)
-    if config.init_from and not resume:
-        new = init_from_checkpoint(model, load_checkpoint(config.init_from), config)
-        if main_rank:
-            print(f"fine-tuning from {config.init_from} ({new} new characters)")
-    if config.sync_bn and distributed.active():
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif main_rank:
-            print("note: --sync-bn needs CUDA; ignored on this device")
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
+    model, memory_format = _prepare_model(config, device, run_dir, fresh=resume is None)
     train_loader = loaders["train"]
     steps = min(len(train_loader), config.max_steps or len(train_loader))
     optimizer, scheduler = optimizer_and_schedule(model, config, config.epochs * steps)
@@ -351,17 +359,7 @@ def train_model(
             if config.time_limit and not resume and scheduler.last_epoch < scheduler.total_steps:
                 fit_to_deadline(train_time / sums["step"], time.perf_counter() - validation_start, first=False)
             metrics = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
-            loss_sum, seen, correct, bad = distributed.sum_all([sums["loss"], sums["seen"], sums["correct"], sums["bad"]])
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": round(loss_sum / max(1, seen), 5),
-                "train_seq_acc": round(correct / max(1, seen), 5),
-                "val_seq_acc": round(metrics["seq_acc"], 5),
-                "val_cer": round(metrics["cer"], 5),
-                "img_per_s": round(seen / train_time, 1),
-                "bad_rows": int(bad),
-                "lr": round(scheduler.get_last_lr()[0], 7),
-            }
+            row = _epoch_row(epoch, sums, metrics, train_time, scheduler.get_last_lr()[0])
             history.append(row)
             if main_rank:
                 print(
@@ -386,6 +384,22 @@ def train_model(
     if distributed.active():
         _check_replicas(model)
     return run_dir
+
+
+def _epoch_row(epoch: int, sums: dict, metrics: dict, train_time: float, lr: float) -> dict:
+    """metrics.csv's row for ``epoch`` (0-based): the training sums of every process, and the
+    validation ``metrics`` (from sequence_metrics) of the whole split."""
+    loss_sum, seen, correct, bad = distributed.sum_all([sums["loss"], sums["seen"], sums["correct"], sums["bad"]])
+    return {
+        "epoch": epoch + 1,
+        "train_loss": round(loss_sum / max(1, seen), 5),
+        "train_seq_acc": round(correct / max(1, seen), 5),
+        "val_seq_acc": round(metrics["seq_acc"], 5),
+        "val_cer": round(metrics["cer"], 5),
+        "img_per_s": round(seen / train_time, 1),
+        "bad_rows": int(bad),
+        "lr": round(lr, 7),
+    }
 
 
 def _check_replicas(model: nn.Module) -> None:
