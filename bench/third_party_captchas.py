@@ -63,7 +63,7 @@ def image_captcha_renderer(seed: int):
     return render
 
 
-def wheezy_renderer(seed: int, fonts: tuple[str, ...] = LIBERATION):
+def wheezy_renderer(seed: int, fonts: tuple[str, ...]):
     """wheezy.captcha's README recipe at 200x60 (font sizes scaled to the height): ``render(label, index)``."""
     from wheezy.captcha import image as wc
 
