@@ -21,7 +21,7 @@ from data_loader import evaluation_loader  # noqa: E402
 from device import get_device  # noqa: E402
 from labels import SPLITS  # noqa: E402
 from metrics import full_report  # noqa: E402
-from predict import run_inference  # noqa: E402
+from predict import TTA_SHIFTS, run_inference  # noqa: E402
 from utils import load_recognizer  # noqa: E402
 
 
@@ -60,7 +60,8 @@ def print_report(report: dict) -> None:
         print(f"{row['threshold']:>13.2f}  {row['coverage']:>8.1%}  {acc:>8}")
     cal = report["calibration"]
     print(f"calibration  mean confidence {cal['mean_confidence']:.2%}, accuracy {cs['seq_acc']:.2%}; error (ECE) {cal['ece']:.2%}")
-    print(f"\nspeed        {report['images_per_s']:.0f} images/s in the model (batch {report['batch_size']}, {report['device']})")
+    tta = f", test-time augmentation: shifts {report['tta_shifts']}" if len(report["tta_shifts"]) > 1 else ""
+    print(f"\nspeed        {report['images_per_s']:.0f} images/s in the model (batch {report['batch_size']}, {report['device']}{tta})")
 
 
 def main() -> None:
@@ -73,6 +74,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many images (0: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: each captcha and 2 shifted copies, answers averaged (3x slower)"
+    )
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--confusion-png", default=None, help="confusion matrix picture (default: beside the checkpoint)")
     a = p.parse_args()
@@ -87,7 +91,8 @@ def main() -> None:
     if a.data:
         config = dataclasses.replace(config, data=a.data, mix="")
     loader, skipped = evaluation_loader(config, codec, splits)
-    predictions, labels, confidences, seconds = run_inference(model, codec, loader, progress=True)
+    shifts = TTA_SHIFTS if a.tta else (0,)
+    predictions, labels, confidences, seconds = run_inference(model, codec, loader, progress=True, shifts=shifts)
     report = full_report(predictions, labels, confidences) | {
         "checkpoint": ckpt["path"],
         "data": config.data,
@@ -97,6 +102,7 @@ def main() -> None:
         "images_per_s": len(labels) / max(seconds, 1e-9),
         "batch_size": a.batch_size,
         "device": "onnxruntime cpu" if a.onnx else str(device),
+        "tta_shifts": list(shifts),
     }
     png = save_confusion_png(predictions, labels, report, Path(a.confusion_png or Path(ckpt["path"]).parent / "confusion.png"))
     report["confusion_png"] = str(png) if png else None

@@ -12,7 +12,7 @@ from PIL import Image
 
 from data_loader import evaluation_loader, preprocess_image
 from labels import parse_label
-from predict import predict_captcha, predict_images
+from predict import TTA_SHIFTS, predict_captcha, predict_images, shift_right
 from utils import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +85,36 @@ def test_test_py_matches_the_accuracy_script_and_predict_captcha(tiny_checkpoint
     )
     report = json.loads((tmp_path / "r.json").read_text())
     assert round(report["case_sensitive"]["seq_acc"] * 120) == correct
+
+
+def test_shift_right_moves_the_columns_and_fills_white():
+    images = torch.arange(2 * 1 * 2 * 5, dtype=torch.float32).reshape(2, 1, 2, 5)
+    assert shift_right(images, 0) is images
+    right, left = shift_right(images, 2), shift_right(images, -2)
+    assert right.shape == left.shape == images.shape
+    assert torch.equal(right[..., 2:], images[..., :3]) and (right[..., :2] == 1.0).all()
+    assert torch.equal(left[..., :3], images[..., 2:]) and (left[..., 3:] == 1.0).all()
+
+
+def test_tta_answers_from_the_probabilities_averaged_over_shifted_copies(tiny_checkpoint, tiny_parquet, tmp_path):
+    model, codec, config, _ = load_model(tiny_checkpoint)
+    table = pq.read_table(tiny_parquet).to_pylist()
+    images = torch.stack([preprocess_image(r["image"]["bytes"], config) for r in table])
+    with torch.no_grad():
+        probs = torch.stack([(model(shift_right(images, dx)) / model.temperature).softmax(-1) for dx in TTA_SHIFTS]).mean(0)
+    conf, ids = probs.max(-1)
+    tta = predict_captcha(model, codec, images, shifts=TTA_SHIFTS)
+    assert [p.text for p in tta] == [codec.decode(row) for row in ids.tolist()]
+    assert all(abs(p.confidence - c) < 1e-5 for p, c in zip(tta, conf.prod(-1).tolist()))
+    assert [p.confidence for p in tta] != [p.confidence for p in predict_captcha(model, codec, images)]
+    run("accuracy_calculator.py", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_parquet), "--workers", "0", "--tta",
+        "--json", "r.json", cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["tta_shifts"] == list(TTA_SHIFTS)
+    assert round(report["case_sensitive"]["seq_acc"] * 120) == sum(p.text == parse_label(r["text"]) for p, r in zip(tta, table))
+    run("test.py", "--checkpoint", str(tiny_checkpoint), "--parquet", str(tiny_parquet), "--rows", "120", "--tta", "--quiet",
+        "--grid", "", "--csv", "t.csv", cwd=tmp_path)  # fmt: skip
+    assert [r["prediction"] for r in csv.DictReader(open(tmp_path / "t.csv"))] == [p.text for p in tta]
 
 
 def test_test_py_reports_bad_files_and_goes_on(tiny_checkpoint, tiny_parquet, tmp_path):
