@@ -17,7 +17,7 @@ from PIL import Image
 from captcha_generator import CaptchaStyle, generate_captcha, generate_random_string
 from config import HelpFormatter
 from data_loader import preprocess_image
-from predict import predict_captcha
+from predict import TTA_SHIFTS, predict_captcha
 from utils import load_recognizer
 
 MAX_UPLOAD = "2mb"
@@ -56,8 +56,9 @@ def raw_upload(component: gr.Image) -> gr.Image:
 class Recognizer:
     """Holds the model; ``detect_captcha`` is the function the page and the API call."""
 
-    def __init__(self, checkpoint: str | None, onnx: str | None = None):
+    def __init__(self, checkpoint: str | None, onnx: str | None = None, tta: bool = False):
         self.model, self.codec, self.config, self.ckpt = load_recognizer(checkpoint, onnx)
+        self.shifts = TTA_SHIFTS if tta else (0,)
 
     def _read(self, path: str) -> torch.Tensor:
         try:
@@ -74,7 +75,7 @@ class Recognizer:
         if not path:
             return "", None, [], None
         tensor = self._read(path)
-        pred = predict_captcha(self.model, self.codec, tensor)[0]
+        pred = predict_captcha(self.model, self.codec, tensor, shifts=self.shifts)[0]
         view = ((tensor + 1) * 127.5).clamp(0, 255).byte().permute(1, 2, 0).squeeze(-1).numpy()
         chars = [(ch, f"{conf:.2f}") for ch, conf in zip(pred.text, pred.char_confidences)]
         return pred.text, round(pred.confidence, 4), chars, view
@@ -122,9 +123,12 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: each captcha and 2 shifted copies, answers averaged (3x slower)"
+    )
     a = p.parse_args()
     try:
-        recognizer, problem = Recognizer(a.checkpoint, a.onnx), ""
+        recognizer, problem = Recognizer(a.checkpoint, a.onnx, a.tta), ""
     except FileNotFoundError as err:
         recognizer, problem = None, str(err)
         print(problem)

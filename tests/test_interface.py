@@ -90,6 +90,18 @@ def test_api_call_matches_the_shared_prediction_path(server, tiny_checkpoint, ca
     assert Image.open(view).size == (96, 32)  # the tiny model's input, as the model sees it
 
 
+def test_tta_recognizer_answers_as_predict_captcha_with_the_shifts(tiny_checkpoint, captcha_file):
+    from interface import Recognizer
+    from predict import TTA_SHIFTS
+
+    model, codec, config, _ = load_model(tiny_checkpoint)
+    image = preprocess_image(captcha_file.read_bytes(), config)
+    for tta, shifts in ((False, (0,)), (True, TTA_SHIFTS)):
+        text, confidence, _, _ = Recognizer(str(tiny_checkpoint), tta=tta).detect_captcha(str(captcha_file))
+        want = predict_captcha(model, codec, image, shifts=shifts)[0]
+        assert (text, confidence) == (want.text, round(want.confidence, 4))
+
+
 @pytest.mark.parametrize(
     "name, image",
     [
