@@ -22,8 +22,8 @@ ImageSource = bytes | str | os.PathLike  # encoded image bytes or an image file
 
 # Test-time augmentation: the captcha read as it is and moved 2 pixels left and right, the
 # probabilities averaged. Each copy alone reads about as well as the original; together
-# they read 3.1 points more of our style and 4.9 more of a new style fine-tuned from 1,000
-# labels, for 3x the model's time (bench/RESULTS.md, session 18).
+# they read 1.6-3.8 points more of our style (three models) and 4.9 more of a new style
+# fine-tuned from 1,000 labels, for 3x the model's time (bench/RESULTS.md, session 18).
 TTA_SHIFTS = (0, -2, 2)
 
 
