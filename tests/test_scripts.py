@@ -96,13 +96,13 @@ def test_shift_right_moves_the_columns_and_fills_white():
     assert torch.equal(left[..., :3], images[..., 2:]) and (left[..., 3:] == 1.0).all()
 
 
-def test_tta_answers_from_the_probabilities_averaged_over_shifted_copies(tiny_checkpoint, tiny_parquet, tmp_path):
+def test_tta_answers_from_the_logits_averaged_over_shifted_copies(tiny_checkpoint, tiny_parquet, tmp_path):
     model, codec, config, _ = load_model(tiny_checkpoint)
     table = pq.read_table(tiny_parquet).to_pylist()
     images = torch.stack([preprocess_image(r["image"]["bytes"], config) for r in table])
     with torch.no_grad():
-        probs = torch.stack([(model(shift_right(images, dx)) / model.temperature).softmax(-1) for dx in TTA_SHIFTS]).mean(0)
-    conf, ids = probs.max(-1)
+        logits = torch.stack([model(shift_right(images, dx)) for dx in TTA_SHIFTS]).mean(0)
+    conf, ids = (logits / model.temperature).softmax(-1).max(-1)
     tta = predict_captcha(model, codec, images, shifts=TTA_SHIFTS)
     assert [p.text for p in tta] == [codec.decode(row) for row in ids.tolist()]
     assert all(abs(p.confidence - c) < 1e-5 for p, c in zip(tta, conf.prod(-1).tolist()))
