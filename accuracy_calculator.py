@@ -21,7 +21,7 @@ from data_loader import evaluation_loader  # noqa: E402
 from device import get_device  # noqa: E402
 from labels import SPLITS  # noqa: E402
 from metrics import full_report  # noqa: E402
-from predict import TTA_SHIFTS, run_inference  # noqa: E402
+from predict import add_tta_flag, run_inference  # noqa: E402
 from utils import load_recognizer  # noqa: E402
 
 
@@ -74,9 +74,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many images (0: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument(
-        "--tta", action="store_true", help="test-time augmentation: each captcha and 2 shifted copies, answers averaged (3x slower)"
-    )
+    add_tta_flag(p)
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--confusion-png", default=None, help="confusion matrix picture (default: beside the checkpoint)")
     a = p.parse_args()
@@ -91,8 +89,7 @@ def main() -> None:
     if a.data:
         config = dataclasses.replace(config, data=a.data, mix="")
     loader, skipped = evaluation_loader(config, codec, splits)
-    shifts = TTA_SHIFTS if a.tta else (0,)
-    predictions, labels, confidences, seconds = run_inference(model, codec, loader, progress=True, shifts=shifts)
+    predictions, labels, confidences, seconds = run_inference(model, codec, loader, progress=True, shifts=a.shifts)
     report = full_report(predictions, labels, confidences) | {
         "checkpoint": ckpt["path"],
         "data": config.data,
@@ -102,7 +99,7 @@ def main() -> None:
         "images_per_s": len(labels) / max(seconds, 1e-9),
         "batch_size": a.batch_size,
         "device": "onnxruntime cpu" if a.onnx else str(device),
-        "tta_shifts": list(shifts),
+        "tta_shifts": list(a.shifts),
     }
     png = save_confusion_png(predictions, labels, report, Path(a.confusion_png or Path(ckpt["path"]).parent / "confusion.png"))
     report["confusion_png"] = str(png) if png else None

@@ -17,7 +17,7 @@ from PIL import Image
 from captcha_generator import CaptchaStyle, generate_captcha, generate_random_string
 from config import HelpFormatter
 from data_loader import preprocess_image
-from predict import TTA_SHIFTS, predict_captcha
+from predict import add_tta_flag, predict_captcha
 from utils import load_recognizer
 
 MAX_UPLOAD = "2mb"
@@ -56,9 +56,9 @@ def raw_upload(component: gr.Image) -> gr.Image:
 class Recognizer:
     """Holds the model; ``detect_captcha`` is the function the page and the API call."""
 
-    def __init__(self, checkpoint: str | None, onnx: str | None = None, tta: bool = False):
+    def __init__(self, checkpoint: str | None, onnx: str | None = None, shifts: tuple[int, ...] = (0,)):
         self.model, self.codec, self.config, self.ckpt = load_recognizer(checkpoint, onnx)
-        self.shifts = TTA_SHIFTS if tta else (0,)
+        self.shifts = shifts  # predict_captcha's; TTA_SHIFTS with --tta
 
     def _read(self, path: str) -> torch.Tensor:
         try:
@@ -123,12 +123,10 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    p.add_argument(
-        "--tta", action="store_true", help="test-time augmentation: each captcha and 2 shifted copies, answers averaged (3x slower)"
-    )
+    add_tta_flag(p)
     a = p.parse_args()
     try:
-        recognizer, problem = Recognizer(a.checkpoint, a.onnx, a.tta), ""
+        recognizer, problem = Recognizer(a.checkpoint, a.onnx, a.shifts), ""
     except FileNotFoundError as err:
         recognizer, problem = None, str(err)
         print(problem)

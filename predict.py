@@ -1,6 +1,7 @@
 """The one prediction path: predict_captcha on tensors from data_loader's preprocessing,
 and predict_images from encoded images or files to predictions, batch by batch."""
 
+import argparse
 import contextlib
 import os
 import threading
@@ -25,6 +26,14 @@ ImageSource = bytes | str | os.PathLike  # encoded image bytes or an image file
 # 1.7-3.9 points more of our style (three models) and 4.8 more of a new style fine-tuned
 # from 1,000 labels, for 3x the model's time (bench/RESULTS.md, session 18).
 TTA_SHIFTS = (0, -2, 2)
+
+
+def add_tta_flag(parser: argparse.ArgumentParser) -> None:
+    """The scripts' ``--tta`` flag: ``args.shifts`` is TTA_SHIFTS with it, (0,) (one view) without."""
+    parser.add_argument(
+        "--tta", dest="shifts", action="store_const", const=TTA_SHIFTS, default=(0,),
+        help="test-time augmentation: each image and 2 shifted copies, logits averaged, 3x slower (default: off)",
+    )  # fmt: skip
 
 
 @dataclass

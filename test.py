@@ -18,7 +18,7 @@ from config import HelpFormatter
 from device import get_device
 from inputs import open_parquet
 from labels import parse_label
-from predict import TTA_SHIFTS, predict_images
+from predict import add_tta_flag, predict_images
 from utils import load_recognizer
 from visualize import show_all_images_with_predictions
 
@@ -60,9 +60,7 @@ def main() -> None:
     p.add_argument("--grid-size", type=int, default=24, help="images in the grid picture")
     p.add_argument("--show", action="store_true", help="also open the grid in a window")
     p.add_argument("--quiet", action="store_true", help="do not print one line per image")
-    p.add_argument(
-        "--tta", action="store_true", help="test-time augmentation: each image and 2 shifted copies, answers averaged (3x slower)"
-    )
+    add_tta_flag(p)
     a = p.parse_args()
     if not a.paths and not a.parquet:
         p.error("give image files, a folder, or --parquet")
@@ -78,8 +76,7 @@ def main() -> None:
         if a.csv:
             writer = csv.writer(stack.enter_context(open(a.csv, "w", newline="")))
             writer.writerow(["file", "prediction", "confidence", "char_confidences"])
-        shifts = TTA_SHIFTS if a.tta else (0,)
-        predictions = predict_images(model, codec, config, [ex.data for ex in examples], a.batch_size, progress=True, shifts=shifts)
+        predictions = predict_images(model, codec, config, [ex.data for ex in examples], a.batch_size, progress=True, shifts=a.shifts)
         for ex, (pred, tensor) in zip(examples, predictions):
             if pred is None:
                 failures.append(ex.name)
