@@ -56,7 +56,7 @@ class Config:
     # optimisation
     epochs: int = _opt(8, "training epochs")
     time_limit: float = _opt(
-        27.0,
+        26.0,
         "minutes the whole run may take, data generation, validation and calibration included: the first steps are "
         "timed and the one-cycle schedule is planned to end in time, then re-planned after each epoch (0: no limit, "
         "--epochs alone decides)",
