@@ -73,6 +73,9 @@ class CaptchaStyle:
     one_colour: bool = False  # text, spots and strokes in one ink (else a colour each)
     background: tuple[int, int] = (170, 256)  # range of each background channel
     line_width: int = 1
+    size_jitter: float = 0.05  # each character's font size varies by up to this share
+    overlap: float = 0.15  # neighbours overlap by up to this share of a character's width
+    fill_height: bool = False  # glyphs stretched to the line's height, so case shows in shape only
     varied: bool = False  # draw each captcha's look at random (vary); pair it with fonts=all_fonts()
 
 
@@ -136,6 +139,9 @@ def _char_tile(ch: str, path: str, size: int, rng: np.random.Generator, style: C
     """One character in ``ink`` (or a colour of its own) and its own rotation, as an RGBA
     tile one text line high."""
     mask = _glyph(ch, path, size)
+    if style.fill_height:  # the ink alone, stretched to the line's height (ImageCaptcha draws so)
+        box = mask.getbbox() or (0, 0, 1, 1)
+        mask = mask.crop(box).resize((box[2] - box[0], mask.height - 4), Image.BICUBIC)
     if style.stretch != 1.0:
         mask = mask.resize((max(1, round(mask.width * style.stretch)), mask.height), Image.BICUBIC)
     if style.bold:
@@ -151,13 +157,14 @@ def _char_tile(ch: str, path: str, size: int, rng: np.random.Generator, style: C
 def draw_text(img: Image.Image, text: str, rng: np.random.Generator, style: CaptchaStyle, ink: tuple | None = None) -> None:
     """Paste ``text`` onto ``img`` in place, character by character, neighbours overlapping.
 
-    One font and size per captcha (each character's size jittered by 5%), as a real site's
-    captchas have; rotation, height and (without ``ink``) colour vary per character.
+    One font and size per captcha (each character's size jittered by ``style.size_jitter``),
+    as a real site's captchas have; rotation, height and (without ``ink``) colour vary per character.
     """
     path = style.fonts[int(rng.integers(len(style.fonts)))]
     size = style.height * rng.uniform(*style.text_size)
-    tiles = [_char_tile(ch, path, round(size * rng.uniform(0.95, 1.05)), rng, style, ink) for ch in text]
-    overlap = rng.uniform(0.0, 0.15)
+    jitter = style.size_jitter
+    tiles = [_char_tile(ch, path, round(size * rng.uniform(1 - jitter, 1 + jitter)), rng, style, ink) for ch in text]
+    overlap = rng.uniform(0.0, style.overlap)
     advance = [max(1, round(t.width * (1 - overlap))) for t in tiles]
     span = sum(advance[:-1]) + tiles[-1].width
     scale = min(1.0, 0.94 * img.width / span, 0.98 * img.height / max(t.height for t in tiles))
@@ -325,6 +332,14 @@ def main() -> None:
     p.add_argument("--lines", type=int, default=d.lines, help="noise strokes per captcha")
     p.add_argument("--rotation", type=float, default=d.rotation, help="max per-character rotation in degrees")
     p.add_argument("--warp", type=float, default=d.warp, help="elastic warp strength in pixels (0: off)")
+    p.add_argument("--size-jitter", type=float, default=d.size_jitter, help="each character's font size varies by up to this share")
+    p.add_argument("--overlap", type=float, default=d.overlap, help="neighbours overlap by up to this share of a character's width")
+    p.add_argument("--stretch", type=float, default=d.stretch, help="glyph width factor: below 1 condensed, above 1 extended")
+    p.add_argument("--one-colour", action="store_true", help="text, spots and strokes in one ink (else a colour each)")
+    p.add_argument(
+        "--fill-height", action="store_true",
+        help="stretch every glyph to the line's height, so lowercase and capitals differ in shape only (as ImageCaptcha draws)",
+    )  # fmt: skip
     p.add_argument(
         "--varied", action="store_true",
         help="draw each captcha's look at random (glyph width, text size, bold, one ink or many, background, noise, "
@@ -335,7 +350,8 @@ def main() -> None:
     fonts = a.fonts or (all_fonts() if a.varied else default_fonts())
     style = CaptchaStyle(
         width=a.width, height=a.height, min_len=a.min_len, max_len=a.max_len, charset=a.charset, fonts=tuple(fonts),
-        spots=a.spots, lines=a.lines, rotation=a.rotation, warp=a.warp, varied=a.varied,
+        spots=a.spots, lines=a.lines, rotation=a.rotation, warp=a.warp, size_jitter=a.size_jitter, overlap=a.overlap,
+        stretch=a.stretch, one_colour=a.one_colour, fill_height=a.fill_height, varied=a.varied,
     )  # fmt: skip
     out = generate_captcha_data(a.count, a.output, a.seed, style, a.workers)
     print(f"wrote {a.count} captchas to {out}")

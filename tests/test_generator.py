@@ -84,6 +84,64 @@ def test_stretch_widens_and_condenses_the_glyphs():
     assert widths[0.5] < 0.7 * widths[1.0] and widths[1.4] > 1.25 * widths[1.0]
 
 
+def _ink_height(img: Image.Image) -> int:
+    arr = np.asarray(img).astype(int)
+    rows = np.nonzero((np.abs(arr - arr[0, 0]).sum(axis=2) > 100).any(axis=1))[0]
+    return int(rows[-1] - rows[0] + 1)
+
+
+def test_fill_height_draws_lowercase_as_tall_as_capitals():
+    plain = dict(spots=0, lines=0, warp=0, rotation=0, size_jitter=0.0)
+    kept = {ch: _ink_height(generate_captcha(ch * 3, np.random.default_rng(0), CaptchaStyle(**plain))) for ch in "oO"}
+    filled = {ch: _ink_height(generate_captcha(ch * 3, np.random.default_rng(0), CaptchaStyle(**plain, fill_height=True))) for ch in "oO"}
+    assert kept["o"] < 0.85 * kept["O"]
+    assert abs(filled["o"] - filled["O"]) <= 1 and filled["O"] >= kept["O"]
+
+
+def test_size_jitter_and_overlap_shape_the_text():
+    plain = dict(spots=0, lines=0, warp=0, rotation=0)
+    heights = {
+        j: {
+            _ink_height(generate_captcha("H", np.random.default_rng(i), CaptchaStyle(**plain, size_jitter=j, text_size=(0.7, 0.7))))
+            for i in range(40)
+        }
+        for j in (0.0, 0.2)
+    }
+    assert len(heights[0.0]) == 1 and max(heights[0.2]) - min(heights[0.2]) >= 5
+    widths = {o: _ink_width(generate_captcha("HHHH", np.random.default_rng(3), CaptchaStyle(**plain, overlap=o))) for o in (0.0, 0.6)}
+    assert widths[0.6] < 0.85 * widths[0.0]
+
+
+def test_cli_passes_the_look_flags_to_the_style(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = {}
+    for name, flags in {
+        "plain": [],
+        "look": ["--fill-height", "--one-colour", "--stretch", "0.7", "--size-jitter", "0.15", "--overlap", "0.3"],
+    }.items():
+        cmd = [
+            sys.executable,
+            "captcha_generator.py",
+            "--count",
+            "4",
+            "--seed",
+            "2",
+            "--workers",
+            "1",
+            "--grid",
+            "",
+            "--output",
+            str(tmp_path / f"{name}.parquet"),
+        ]
+        assert subprocess.run(cmd + flags, cwd=root, capture_output=True).returncode == 0
+        out[name] = [Image.open(io.BytesIO(r["bytes"])) for r in pq.read_table(tmp_path / f"{name}.parquet")["image"].to_pylist()]
+    style = CaptchaStyle(fill_height=True, one_colour=True, stretch=0.7, size_jitter=0.15, overlap=0.3)
+    rng = np.random.default_rng([2, 0])
+    expected = generate_captcha(generate_random_string(rng, style.charset, style.min_len, style.max_len), rng, style)
+    assert np.array_equal(np.asarray(out["look"][0]), np.asarray(expected))
+    assert not np.array_equal(np.asarray(out["look"][0]), np.asarray(out["plain"][0]))
+
+
 def _inks(img: Image.Image) -> list[tuple]:
     """Distinct inks: colours other than the background's filling more than 30 pixels exactly
     (glyph interiors), those within 30 levels of an ink already found counted once."""
