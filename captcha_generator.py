@@ -32,6 +32,7 @@ SCHEMA = pa.schema(
 )
 TEXT_TEMPLATE = "The text in this image is '{}'"
 ROW_GROUP = 1000
+GLYPH_PAD = 2  # blank pixels around a glyph's line box on each side
 
 
 def _matplotlib_ttf() -> Path:
@@ -116,8 +117,8 @@ def _glyph(ch: str, path: str, size: int) -> Image.Image:
     font = _font(path, size)
     left, _, right, _ = font.getbbox(ch)
     ascent, descent = font.getmetrics()
-    mask = Image.new("L", (right - left + 4, ascent + descent + 4), 0)
-    ImageDraw.Draw(mask).text((2 - left, 2), ch, font=font, fill=255)
+    mask = Image.new("L", (right - left + 2 * GLYPH_PAD, ascent + descent + 2 * GLYPH_PAD), 0)
+    ImageDraw.Draw(mask).text((GLYPH_PAD - left, GLYPH_PAD), ch, font=font, fill=255)
     return mask
 
 
@@ -141,7 +142,7 @@ def _char_tile(ch: str, path: str, size: int, rng: np.random.Generator, style: C
     mask = _glyph(ch, path, size)
     if style.fill_height:  # the ink alone, stretched to the line's height (ImageCaptcha draws so)
         box = mask.getbbox() or (0, 0, 1, 1)
-        mask = mask.crop(box).resize((box[2] - box[0], mask.height - 4), Image.BICUBIC)
+        mask = mask.crop(box).resize((box[2] - box[0], mask.height - 2 * GLYPH_PAD), Image.BICUBIC)
     if style.stretch != 1.0:
         mask = mask.resize((max(1, round(mask.width * style.stretch)), mask.height), Image.BICUBIC)
     if style.bold:
