@@ -22,7 +22,7 @@ from device import get_device  # noqa: E402
 from labels import SPLITS  # noqa: E402
 from metrics import full_report  # noqa: E402
 from predict import add_tta_flag, run_inference  # noqa: E402
-from utils import load_recognizer  # noqa: E402
+from utils import add_model_flags, recognizer_from_args  # noqa: E402
 
 
 def save_confusion_png(predictions: list[str], labels: list[str], report: dict, output: Path, top: int = 12) -> Path | None:
@@ -66,23 +66,17 @@ def print_report(report: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
-    p.add_argument("--onnx", default=None, help="evaluate this exported ONNX file (onnxruntime) instead of a checkpoint")
+    add_model_flags(p)
     p.add_argument("--data", nargs="+", default=None, help="parquet files/folders (default: the checkpoint's training data)")
     p.add_argument("--split", default=None, choices=[*SPLITS, "all"], help="rows to evaluate (default: test; all with --data)")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many images (0: all)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     add_tta_flag(p)
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--confusion-png", default=None, help="confusion matrix picture (default: beside the checkpoint)")
     a = p.parse_args()
-    device = get_device(a.device)
-    try:
-        model, codec, config, ckpt = load_recognizer(a.checkpoint, a.onnx, device)
-    except FileNotFoundError as err:
-        raise SystemExit(str(err)) from None
+    model, codec, config, ckpt = recognizer_from_args(a)
     split = a.split or ("all" if a.data else "test")
     splits = SPLITS if split == "all" else (split,)
     config = dataclasses.replace(config, batch_size=a.batch_size, workers=a.workers, limit=a.limit)
@@ -98,7 +92,7 @@ def main() -> None:
         "skipped_labels": skipped,
         "images_per_s": len(labels) / max(seconds, 1e-9),
         "batch_size": a.batch_size,
-        "device": "onnxruntime cpu" if a.onnx else str(device),
+        "device": "onnxruntime cpu" if a.onnx else str(get_device(a.device)),
         "tta_shifts": list(a.shifts),
     }
     png = save_confusion_png(predictions, labels, report, Path(a.confusion_png or Path(ckpt["path"]).parent / "confusion.png"))

@@ -9,7 +9,7 @@ so a seed gives byte-identical files whatever the number of worker processes.
 import argparse
 import io
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
-from config import HelpFormatter
+from atomic import atomic_write
+from config import HelpFormatter, add_dataclass_args, dataclass_from_args, option
 from labels import DEFAULT_CHARSET
 from parallel import ordered_map
 
@@ -56,28 +57,42 @@ def all_fonts() -> list[str]:
 
 @dataclass(frozen=True)
 class CaptchaStyle:
-    """Everything that shapes a captcha; one object travels to every worker."""
+    """Everything that shapes a captcha; one object travels to every worker. Each field is
+    also a flag of this script (``--size-jitter`` for ``size_jitter``)."""
 
-    width: int = 150
-    height: int = 50
-    min_len: int = 4
-    max_len: int = 8
-    charset: str = DEFAULT_CHARSET
-    fonts: tuple[str, ...] = field(default_factory=lambda: tuple(default_fonts()))
-    spots: int = 20
-    lines: int = 2
-    rotation: float = 25.0
-    warp: float = 1.5
-    text_size: tuple[float, float] = (0.6, 0.85)  # range of the font size, as a share of the height
-    stretch: float = 1.0  # glyph width factor: below 1 condensed, above 1 extended
-    bold: bool = False  # strokes thickened by a pixel each side
-    one_colour: bool = False  # text, spots and strokes in one ink (else a colour each)
-    background: tuple[int, int] = (170, 256)  # range of each background channel
-    line_width: int = 1
-    size_jitter: float = 0.05  # each character's font size varies by up to this share
-    overlap: float = 0.15  # neighbours overlap by up to this share of a character's width
-    fill_height: bool = False  # glyphs stretched to the line's height, so case shows in shape only
-    varied: bool = False  # draw each captcha's look at random (vary); pair it with fonts=all_fonts()
+    width: int = option(150, "image width in pixels")
+    height: int = option(50, "image height in pixels")
+    min_len: int = option(4, "shortest label")
+    max_len: int = option(8, "longest label")
+    charset: str = option(DEFAULT_CHARSET, "characters labels are drawn from")
+    fonts: tuple[str, ...] = option(
+        (), "TrueType font files (default: matplotlib's 12 DejaVu fonts; with --varied all 21 of its text fonts)", nargs="+"
+    )
+    spots: int = option(20, "noise spots per captcha")
+    lines: int = option(2, "noise strokes per captcha")
+    rotation: float = option(25.0, "max per-character rotation in degrees")
+    warp: float = option(1.5, "elastic warp strength in pixels (0: off)")
+    text_size: tuple[float, float] = option((0.6, 0.85), "range of the font size, as a share of the height", nargs=2)
+    stretch: float = option(1.0, "glyph width factor: below 1 condensed, above 1 extended")
+    bold: bool = option(False, "strokes thickened by a pixel each side")
+    one_colour: bool = option(False, "text, spots and strokes in one ink (else a colour each)")
+    background: tuple[int, int] = option((170, 256), "range of each background channel", nargs=2)
+    line_width: int = option(1, "width of the noise strokes in pixels")
+    size_jitter: float = option(0.05, "each character's font size varies by up to this share")
+    overlap: float = option(0.15, "neighbours overlap by up to this share of a character's width")
+    fill_height: bool = option(
+        False, "stretch every glyph to the line's height, so lowercase and capitals differ in shape only (as ImageCaptcha draws)"
+    )
+    varied: bool = option(
+        False,
+        "draw each captcha's look at random (glyph width, text size, bold, one ink or many, background, noise, "
+        "rotation and warp around the values above) in all 21 fonts of all_fonts(): data of many looks",
+    )
+
+    def __post_init__(self):
+        if not self.fonts:
+            fonts = all_fonts() if self.varied else default_fonts()
+            object.__setattr__(self, "fonts", tuple(fonts))
 
 
 def vary(style: CaptchaStyle, rng: np.random.Generator) -> CaptchaStyle:
@@ -238,19 +253,25 @@ def generate_captcha(text: str, rng: np.random.Generator, style: CaptchaStyle) -
     return elastic_transform(img, rng, style.warp)
 
 
-def render_rows(seed: int, start: int, stop: int, style: CaptchaStyle) -> list[tuple[bytes, str, str]]:
+def draw_captcha(seed: int, index: int, style: CaptchaStyle) -> tuple[str, Image.Image]:
+    """Captcha ``index`` of ``seed``: (label, RGB image)."""
+    rng = np.random.default_rng([seed, index])
+    label = generate_random_string(rng, style.charset, style.min_len, style.max_len)
+    return label, generate_captcha(label, rng, style)
+
+
+def render_rows(seed: int, start: int, stop: int, style: CaptchaStyle) -> list[tuple]:
     """Captchas ``start`` to ``stop - 1`` of ``seed`` as (PNG bytes, file name, text) rows."""
     rows = []
     for index in range(start, stop):
-        rng = np.random.default_rng([seed, index])
-        label = generate_random_string(rng, style.charset, style.min_len, style.max_len)
+        label, image = draw_captcha(seed, index, style)
         buf = io.BytesIO()
-        generate_captcha(label, rng, style).save(buf, "PNG", compress_level=1)
+        image.save(buf, "PNG", compress_level=1)
         rows.append((buf.getvalue(), f"{index:08d}.png", TEXT_TEMPLATE.format(label)))
     return rows
 
 
-def _to_table(rows: list[tuple[bytes, str, str]]) -> pa.Table:
+def _to_table(rows: list[tuple]) -> pa.Table:
     images = pa.StructArray.from_arrays(
         [pa.array([r[0] for r in rows], pa.binary()), pa.array([r[1] for r in rows], pa.string())], names=["bytes", "path"]
     )
@@ -275,16 +296,12 @@ def generate_captcha_data(
     if not style.fonts:
         raise ValueError("no fonts: pass --fonts or install matplotlib's DejaVu fonts")
     workers = workers or os.cpu_count() or 1
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
     chunks = ((seed, start, min(start + row_group, count), style) for start in range(0, count, row_group))
-    with pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=count, unit="img", desc="generating") as bar:
+    with atomic_write(output) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=count, unit="img", desc="generating") as bar:
         for rows in ordered_map(render_rows, chunks, workers):
             writer.write_table(_to_table(rows))
             bar.update(len(rows))
-    os.replace(tmp, output)
-    return output
+    return Path(output)
 
 
 def save_grid_image(
@@ -301,9 +318,8 @@ def save_grid_image(
     for index, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if index < n:
-            rng = np.random.default_rng([seed, index])
-            label = generate_random_string(rng, style.charset, style.min_len, style.max_len)
-            ax.imshow(generate_captcha(label, rng, style))
+            label, image = draw_captcha(seed, index, style)
+            ax.imshow(image)
             ax.set_title(label, fontsize=9, family="monospace")
     fig.tight_layout()
     output = Path(output)
@@ -314,46 +330,15 @@ def save_grid_image(
 
 
 def main() -> None:
-    d = CaptchaStyle()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--count", type=int, default=10000, help="number of captchas to write")
     p.add_argument("--output", default="data/generated.parquet", help="output parquet file")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes")
-    p.add_argument("--min-len", type=int, default=d.min_len, help="shortest label")
-    p.add_argument("--max-len", type=int, default=d.max_len, help="longest label")
-    p.add_argument("--charset", default=d.charset, help="characters labels are drawn from")
-    p.add_argument("--width", type=int, default=d.width, help="image width in pixels")
-    p.add_argument("--height", type=int, default=d.height, help="image height in pixels")
-    p.add_argument(
-        "--fonts", nargs="+", default=None,
-        help="TrueType font files (default: matplotlib's 12 DejaVu fonts; with --varied all 21 of its text fonts)",
-    )  # fmt: skip
-    p.add_argument("--spots", type=int, default=d.spots, help="noise spots per captcha")
-    p.add_argument("--lines", type=int, default=d.lines, help="noise strokes per captcha")
-    p.add_argument("--rotation", type=float, default=d.rotation, help="max per-character rotation in degrees")
-    p.add_argument("--warp", type=float, default=d.warp, help="elastic warp strength in pixels (0: off)")
-    p.add_argument("--size-jitter", type=float, default=d.size_jitter, help="each character's font size varies by up to this share")
-    p.add_argument("--overlap", type=float, default=d.overlap, help="neighbours overlap by up to this share of a character's width")
-    p.add_argument("--stretch", type=float, default=d.stretch, help="glyph width factor: below 1 condensed, above 1 extended")
-    p.add_argument("--one-colour", action="store_true", help="text, spots and strokes in one ink (else a colour each)")
-    p.add_argument(
-        "--fill-height", action="store_true",
-        help="stretch every glyph to the line's height, so lowercase and capitals differ in shape only (as ImageCaptcha draws)",
-    )  # fmt: skip
-    p.add_argument(
-        "--varied", action="store_true",
-        help="draw each captcha's look at random (glyph width, text size, bold, one ink or many, background, noise, "
-        "rotation and warp around the values above) in all 21 fonts of all_fonts(): data of many looks",
-    )  # fmt: skip
     p.add_argument("--grid", default="saved_captchas_grid/grid_captchas.png", help="grid picture path ('' to skip)")
+    add_dataclass_args(p, CaptchaStyle)
     a = p.parse_args()
-    fonts = a.fonts or (all_fonts() if a.varied else default_fonts())
-    style = CaptchaStyle(
-        width=a.width, height=a.height, min_len=a.min_len, max_len=a.max_len, charset=a.charset, fonts=tuple(fonts),
-        spots=a.spots, lines=a.lines, rotation=a.rotation, warp=a.warp, size_jitter=a.size_jitter, overlap=a.overlap,
-        stretch=a.stretch, one_colour=a.one_colour, fill_height=a.fill_height, varied=a.varied,
-    )  # fmt: skip
+    style = dataclass_from_args(CaptchaStyle, a)
     out = generate_captcha_data(a.count, a.output, a.seed, style, a.workers)
     print(f"wrote {a.count} captchas to {out}")
     if a.grid:

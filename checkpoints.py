@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, safe loading, finding the newest, and start-up checks.
+"""Checkpoint files: atomic writes, safe loading, finding the newest, starting a model from
+weights (a checkpoint to fine-tune, an ImageNet backbone), and start-up checks.
 
 A checkpoint is a dict of tensors and plain values (model and optimizer state, the
 configuration as a dict, charset, epoch, best metric, history), loaded with
@@ -7,12 +8,12 @@ configuration as a dict, charset, epoch, best metric, history), loaded with
 
 import os
 import shutil
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from atomic import atomic_write
 from config import LEGACY_MODEL_SETTINGS, Config
 
 CHECKPOINT_VERSION = 1
@@ -20,9 +21,8 @@ CHECKPOINT_VERSION = 1
 
 def save_checkpoint(path: Path, **state) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -44,9 +44,12 @@ def find_latest_checkpoint(out_dir: str | os.PathLike = "saved_models") -> Path:
 
 
 def config_from_checkpoint(ckpt: dict) -> Config:
-    """The checkpoint's Config; settings it predates take the value that rebuilds its model."""
-    known = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in (LEGACY_MODEL_SETTINGS | ckpt["config"]).items() if k in known})
+    """The checkpoint's Config (also from files written before the model's settings were
+    nested); model settings it predates take the value that rebuilds its model."""
+    saved = ckpt["config"]
+    if "model" in saved:
+        return Config.from_flat(saved | {"model": LEGACY_MODEL_SETTINGS | saved["model"]})
+    return Config.from_flat(LEGACY_MODEL_SETTINGS | saved)
 
 
 def load_weights(model: nn.Module, state: dict, source: str) -> None:
@@ -61,6 +64,40 @@ def load_weights(model: nn.Module, state: dict, source: str) -> None:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError(f"{source}: weights do not fit the model: " + "; ".join(sorted(problems)[:5]) + more)
     model.load_state_dict(state)
+
+
+def load_pretrained_backbone(model: nn.Module, path: str) -> int:
+    """Copy every tensor of an EfficientNet ImageNet state_dict file whose name and shape
+    match the (possibly cut and re-strided) ``model.backbone``; returns how many were copied."""
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.backbone.state_dict()
+    usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    model.backbone.load_state_dict(usable, strict=False)
+    print(f"pretrained backbone: {len(usable)} of {len(own)} tensors loaded from {path}")
+    return len(usable)
+
+
+CLASS_ROWS = ("classifier.1.weight", "classifier.1.bias", "ctc_classifier.weight", "ctc_classifier.bias")
+
+
+def init_from_checkpoint(model: nn.Module, ckpt: dict, source: str) -> int:
+    """Start ``model`` (a CNNModel) from a trained checkpoint (fine-tuning); returns how many classes are new.
+
+    Every tensor is copied; the per-class rows of the two classifiers are copied character
+    by character, so a charset grown by finetune_config keeps all it had learnt and only
+    its new characters start from scratch.
+    """
+    old = config_from_checkpoint(ckpt).model.charset
+    source_class = [0] + [old.index(c) + 1 if c in old else -1 for c in model.config.charset]  # new class -> old class
+    state, own = dict(ckpt["model"]), model.state_dict()
+    for name in CLASS_ROWS:
+        rows = own[name].clone()
+        for new, old_class in enumerate(source_class):
+            if old_class >= 0:
+                rows[new] = state[name][old_class]
+        state[name] = rows
+    load_weights(model, state, source)
+    return source_class.count(-1)
 
 
 def check_output_dir(run_dir: Path, need_bytes: int) -> None:

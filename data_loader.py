@@ -82,7 +82,7 @@ def preprocess_image(image: Image.Image | bytes | str | os.PathLike, config: Con
     The one preprocessing path: training, evaluation, test.py and the web demo all call it
     (predict.py through ``SquarePadAndResize.batch``, which gives the same tensors).
     """
-    return SquarePadAndResize(config.img_height, config.img_width)(image_pixels(image, config.channels))
+    return SquarePadAndResize(config.model.img_height, config.model.img_width)(image_pixels(image, config.model.channels))
 
 
 class CaptchaDataset(Dataset):
@@ -97,7 +97,7 @@ class CaptchaDataset(Dataset):
     def __init__(self, store: ImageStore, rows: np.ndarray, labels: list[str], config: Config, codec: LabelCodec, augment=None):
         self.store, self.rows, self.labels, self.codec, self.config = store, rows, labels, codec, config
         self.augment = augment  # a PIL -> PIL transform for training, or None
-        self.resize = SquarePadAndResize(config.img_height, config.img_width)
+        self.resize = SquarePadAndResize(config.model.img_height, config.model.img_width)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -110,8 +110,8 @@ class CaptchaDataset(Dataset):
         """Row ``index``'s image as pixels (h, w, C) uint8, augmented in training; None if it does not decode."""
         try:
             data = self.image_bytes(index)
-            image = data if self.augment is None else self.augment(decode_image(data, self.config.channels))
-            return image_pixels(image, self.config.channels)
+            image = data if self.augment is None else self.augment(decode_image(data, self.config.model.channels))
+            return image_pixels(image, self.config.model.channels)
         except Exception:  # any decoding error: the row is counted as bad, training goes on
             return None
 

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from atomic import atomic_write
 from inputs import open_parquet
 from labels import parse_label, split_key
 
@@ -46,25 +47,22 @@ def build_cache(parquet: Path, cache_dir: Path) -> Path:
         return meta
     source = open_parquet(parquet)
     wanted = [c for c in ("image", "text", "label", "split") if c in source.schema_arrow.names]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = f".{os.getpid()}.tmp"
-    tmp_meta, tmp_images = meta.with_name(meta.name + tmp), meta.with_suffix(".images" + tmp)
     offset = 0
-    with open(tmp_images, "wb") as blob, pa.OSFile(str(tmp_meta), "wb") as sink, pa.ipc.new_file(sink, META_SCHEMA) as writer:
-        for batch in source.iter_batches(batch_size=4096, columns=wanted):
-            images = [b or b"" for b in pc.struct_field(batch.column("image"), "bytes").to_pylist()]
-            lengths = np.fromiter((len(b) for b in images), np.int64, len(images))
-            starts = offset + np.cumsum(lengths) - lengths
-            blob.write(b"".join(images))
-            offset += int(lengths.sum())
-            names = batch.schema.names
-            labels = batch.column("label") if "label" in names else pa.array([parse_label(t) for t in batch.column("text").to_pylist()])
-            splits = batch.column("split") if "split" in names else pa.nulls(len(images), pa.string())
-            keys = pa.array([split_key(b) for b in images], pa.float64())
-            columns = [starts, lengths, labels.cast(pa.string()), splits.cast(pa.string()), keys]
-            writer.write_batch(pa.record_batch(columns, schema=META_SCHEMA))
-    os.replace(tmp_images, meta.with_suffix(".images"))
-    os.replace(tmp_meta, meta)  # last: its presence means the pair is complete
+    # the metadata file is renamed last: its presence means the pair is complete
+    with atomic_write(meta) as tmp_meta, atomic_write(meta.with_suffix(".images")) as tmp_images:
+        with open(tmp_images, "wb") as blob, pa.OSFile(str(tmp_meta), "wb") as sink, pa.ipc.new_file(sink, META_SCHEMA) as writer:
+            for batch in source.iter_batches(batch_size=4096, columns=wanted):
+                images = [b or b"" for b in pc.struct_field(batch.column("image"), "bytes").to_pylist()]
+                lengths = np.fromiter((len(b) for b in images), np.int64, len(images))
+                starts = offset + np.cumsum(lengths) - lengths
+                blob.write(b"".join(images))
+                offset += int(lengths.sum())
+                names = batch.schema.names
+                labels = batch.column("label") if "label" in names else pa.array([parse_label(t) for t in batch.column("text").to_pylist()])
+                splits = batch.column("split") if "split" in names else pa.nulls(len(images), pa.string())
+                keys = pa.array([split_key(b) for b in images], pa.float64())
+                columns = [starts, lengths, labels.cast(pa.string()), splits.cast(pa.string()), keys]
+                writer.write_batch(pa.record_batch(columns, schema=META_SCHEMA))
     for stale in cache_dir.glob(f"{parquet.stem}-{where}-*"):  # caches of earlier versions of this file
         if stale.suffix in (".arrow", ".images") and stale.stem != meta.stem:
             stale.unlink(missing_ok=True)

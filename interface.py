@@ -18,7 +18,7 @@ from captcha_generator import CaptchaStyle, generate_captcha, generate_random_st
 from config import HelpFormatter
 from data_loader import preprocess_image
 from predict import add_tta_flag, predict_captcha
-from utils import load_recognizer
+from utils import add_model_flags, recognizer_from_args
 
 MAX_UPLOAD = "2mb"
 
@@ -56,8 +56,8 @@ def raw_upload(component: gr.Image) -> gr.Image:
 class Recognizer:
     """Holds the model; ``detect_captcha`` is the function the page and the API call."""
 
-    def __init__(self, checkpoint: str | None, onnx: str | None = None, shifts: tuple[int, ...] = (0,)):
-        self.model, self.codec, self.config, self.ckpt = load_recognizer(checkpoint, onnx)
+    def __init__(self, loaded: tuple, shifts: tuple[int, ...] = (0,)):
+        self.model, self.codec, self.config, self.ckpt = loaded  # load_recognizer's (model, codec, config, info)
         self.shifts = shifts  # predict_captcha's; TTA_SHIFTS with --tta
 
     def _read(self, path: str) -> torch.Tensor:
@@ -118,17 +118,16 @@ def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
-    p.add_argument("--onnx", default=None, help="serve this exported ONNX file with onnxruntime instead of a checkpoint")
+    add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     add_tta_flag(p)
     a = p.parse_args()
     try:
-        recognizer, problem = Recognizer(a.checkpoint, a.onnx, a.shifts), ""
-    except FileNotFoundError as err:
-        recognizer, problem = None, str(err)
+        recognizer, problem = Recognizer(recognizer_from_args(a), a.shifts), ""
+    except SystemExit as err:  # no model yet, or an unusable file: the page says why
+        recognizer, problem = None, str(err.code)
         print(problem)
     app = build_app(recognizer, problem)
     app.queue().launch(server_name=a.host, server_port=a.port, share=a.share, show_error=True, max_file_size=MAX_UPLOAD)

@@ -6,7 +6,6 @@ python main.py --resume saved_models/<run>/last.pt
 torchrun --standalone --nproc_per_node=2 main.py --data data/   # data-parallel, one process per GPU (or CPU share)
 """
 
-import argparse
 import time
 from pathlib import Path
 
@@ -15,42 +14,43 @@ from calibration import calibrate_checkpoint
 from captcha_generator import CaptchaStyle, generate_captcha_data
 from checkpoints import config_from_checkpoint, load_checkpoint
 from codec import LabelCodec
-from config import Config, HelpFormatter, add_config_args, config_from_args, finetune_config, resumed_config
+from config import Config, finetune_config, parse_config, resumed_config
 from data_loader import load_data
 from device import get_device
 from inputs import find_parquet_files
-from utils import Interrupted, train_model
+from train import Interrupted, train_model
 from visualize import CaptchaVisualizer
 
 
 def main() -> None:
     started = time.perf_counter()  # --time-limit counts from here: data generation is part of the run
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_config_args(parser)
-    config = config_from_args(parser.parse_args())
+    config, given = parse_config(__doc__)
     distributed.setup()
     try:
-        train(config, started)
+        run(config, given, started)
     finally:
         distributed.cleanup()
 
 
-def train(config: Config, started: float) -> None:
+def run(config: Config, given: set[str], started: float) -> None:
+    """Check the command line against the checkpoint it resumes or fine-tunes, load the data
+    (generating captchas into an empty data/), train, then calibrate and draw the predictions."""
     say = print if distributed.is_main() else lambda *_: None
     try:
         if config.resume:
-            config = resumed_config(config_from_checkpoint(load_checkpoint(config.resume)), config)
+            config = resumed_config(config_from_checkpoint(load_checkpoint(config.resume)), config, given)
         elif config.init_from:
-            config = finetune_config(config_from_checkpoint(load_checkpoint(config.init_from)), config)
+            config = finetune_config(config_from_checkpoint(load_checkpoint(config.init_from)), config, given)
         _ = config.mix_weights  # checks --mix against --data before any work
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"main.py: {err}") from None
-    codec = LabelCodec(config.charset, config.max_len)
+    m = config.model
+    codec = LabelCodec(m.charset, m.max_len)
     with distributed.main_rank_first():  # rank 0 generates data and builds the data caches once
         if not find_parquet_files(config.data) and config.data == ["data"]:
             target = Path("data/generated.parquet")
             print(f"note: no parquet file in data/; generating {config.default_count} captchas into {target} (the shared schema)")
-            style = CaptchaStyle(charset=config.charset, min_len=min(4, config.max_len), max_len=config.max_len)
+            style = CaptchaStyle(charset=m.charset, min_len=min(4, m.max_len), max_len=m.max_len)
             generate_captcha_data(config.default_count, target, seed=config.seed, style=style, workers=config.workers or None)
         try:
             loaders = load_data(config, codec)

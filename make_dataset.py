@@ -13,13 +13,15 @@ import argparse
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from config import HelpFormatter
+from atomic import atomic_write
+from config import DEFAULT_SPLIT_RATIOS, HelpFormatter, add_dataclass_args, dataclass_from_args, option, parse_ratios
 from inputs import decode_image, find_parquet_files, open_parquet
 from labels import DEFAULT_CHARSET, SPLITS, label_problem, parse_label, split_of
 from parallel import ordered_map
@@ -90,8 +92,6 @@ def parquet_to_parquet(
             if not skip_bad_files:
                 raise
             bad_files.append(str(err))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
 
     def tasks():
         for path, source in sources:
@@ -102,7 +102,11 @@ def parquet_to_parquet(
 
     rows_in = sum(s.metadata.num_rows for _, s in sources)
     reasons, dropped_rows, splits = Counter(), [], Counter()
-    with pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer, tqdm(total=rows_in, unit="row", desc="combining") as bar:
+    with (
+        atomic_write(output) as tmp,
+        pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer,
+        tqdm(total=rows_in, unit="row", desc="combining") as bar,
+    ):
         for table, dropped in ordered_map(_clean_batch, tasks(), workers):
             if table.num_rows:
                 writer.write_table(table)
@@ -110,7 +114,6 @@ def parquet_to_parquet(
             reasons.update(reason for _, _, reason in dropped)
             dropped_rows += [{"file": f, "row": r, "reason": reason} for f, r, reason in dropped]
             bar.update(table.num_rows + len(dropped))
-    os.replace(tmp, output)
     summary = {
         "output": str(output),
         "files": [str(p) for p, _ in sources],
@@ -126,21 +129,28 @@ def parquet_to_parquet(
     return summary
 
 
+@dataclass
+class DatasetOptions:
+    """make_dataset.py's settings; the flags they share with main.py have its names."""
+
+    output: str = option("data/combined/combined.parquet", "output parquet file")
+    split_ratios: str = option(DEFAULT_SPLIT_RATIOS, "train,val,test split ratios (from a hash of the image bytes)")
+    charset: str = option(DEFAULT_CHARSET, "allowed label characters")
+    max_len: int = option(8, "longest allowed label")
+    report: str = option("", "JSON report path (default: <output>.report.json)")
+    skip_bad_files: bool = option(False, "skip unreadable inputs instead of stopping")
+    workers: int = option(1, "processes validating images (2: ~1.6x faster, ~1 GB peak)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="parquet files, folders or globs")
-    p.add_argument("--output", default="data/combined/combined.parquet", help="output parquet file")
-    p.add_argument("--ratios", default="0.9,0.05,0.05", help="train,val,test split ratios")
-    p.add_argument("--charset", default=DEFAULT_CHARSET, help="allowed label characters")
-    p.add_argument("--max-len", type=int, default=8, help="longest allowed label")
-    p.add_argument("--report", default=None, help="JSON report path (default: <output>.report.json)")
-    p.add_argument("--skip-bad-files", action="store_true", help="skip unreadable inputs instead of stopping")
-    p.add_argument("--workers", type=int, default=1, help="processes validating images (2: ~1.6x faster, ~1 GB peak)")
+    add_dataclass_args(p, DatasetOptions)
     a = p.parse_args()
-    report = a.report or str(a.output) + ".report.json"
-    ratios = tuple(float(r) for r in a.ratios.split(","))
+    o = dataclass_from_args(DatasetOptions, a)
+    report = o.report or o.output + ".report.json"
     try:
-        s = parquet_to_parquet(a.inputs, a.output, ratios, a.charset, a.max_len, report, a.skip_bad_files, a.workers)
+        s = parquet_to_parquet(a.inputs, o.output, parse_ratios(o.split_ratios), o.charset, o.max_len, report, o.skip_bad_files, o.workers)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"make_dataset: {err}") from None
     print(f"wrote {s['rows_out']} of {s['rows_in']} rows to {s['output']}  splits {s['splits']}")

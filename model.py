@@ -15,6 +15,8 @@ from efficientnet_pytorch import EfficientNet
 from efficientnet_pytorch.utils import Conv2dDynamicSamePadding, get_model_params
 from torch import nn
 
+from config import ModelConfig
+
 
 def build_backbone(
     variant: str,
@@ -72,45 +74,31 @@ def _pad_inside_convolutions(module: nn.Module) -> None:
 
 
 class CNNModel(nn.Module):
-    """Captcha recognizer: images (B, C, H, W) -> logits (B, max_len, num_classes).
-
-    ``num_classes`` counts the end/pad class (index 0) plus one class per character.
-    """
+    """Captcha recognizer: images (B, C, H, W) -> logits (B, max_len, num_classes), built
+    from its ModelConfig alone (``config.num_classes`` counts the end/pad class, index 0)."""
 
     temperature = 1.0  # confidences are softmax(logits / temperature); set from the checkpoint (calibration.py)
 
-    def __init__(
-        self,
-        num_classes: int,
-        max_len: int,
-        img_height: int = 64,
-        img_width: int = 192,
-        channels: int = 3,
-        variant: str = "efficientnet-b0",
-        width_strides: int = 3,
-        width_mult: float | None = None,
-        depth_mult: float | None = None,
-        head_dim: int = 256,
-        dropout: float = 0.1,
-        drop_connect: float = 0.0,
-        stages: int = 7,
-        conv_head: bool = True,
-    ):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.backbone = build_backbone(variant, width_strides, width_mult, depth_mult, drop_connect, stages, conv_head)
-        if channels != 3:
+        self.config = c = config
+        self.backbone = build_backbone(
+            c.variant, c.width_strides, c.width_mult or None, c.depth_mult or None, c.drop_connect, c.stages, c.conv_head
+        )
+        if c.channels != 3:
             stem = self.backbone._conv_stem
-            self.backbone._conv_stem = nn.Conv2d(channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
+            self.backbone._conv_stem = nn.Conv2d(c.channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
         with torch.no_grad():
-            _, feat_channels, _, columns = self.backbone.extract_features(torch.zeros(1, channels, img_height, img_width)).shape
-        self.proj = nn.Linear(feat_channels, head_dim)
-        self.column_pos = nn.Parameter(torch.randn(1, columns, head_dim) * 0.02)
-        self.context = nn.GRU(head_dim, head_dim // 2, batch_first=True, bidirectional=True)
-        self.ctc_classifier = nn.Linear(head_dim, num_classes)
-        self.queries = nn.Parameter(torch.randn(1, max_len, head_dim) * 0.02)
-        self.attend = nn.MultiheadAttention(head_dim, num_heads=4, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(head_dim)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_dim, num_classes))
+            _, feat_channels, _, columns = self.backbone.extract_features(torch.zeros(1, c.channels, c.img_height, c.img_width)).shape
+        dim, classes = c.head_dim, c.num_classes
+        self.proj = nn.Linear(feat_channels, dim)
+        self.column_pos = nn.Parameter(torch.randn(1, columns, dim) * 0.02)
+        self.context = nn.GRU(dim, dim // 2, batch_first=True, bidirectional=True)
+        self.ctc_classifier = nn.Linear(dim, classes)
+        self.queries = nn.Parameter(torch.randn(1, c.max_len, dim) * 0.02)
+        self.attend = nn.MultiheadAttention(dim, num_heads=4, dropout=c.dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.classifier = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(dim, classes))
 
     def backbone_modules(self) -> list[nn.Module]:
         """The modules the pretraining phase freezes."""

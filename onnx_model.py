@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from atomic import atomic_write
 from checkpoints import config_from_checkpoint
 from codec import LabelCodec
 from config import Config
@@ -64,10 +65,8 @@ def export_onnx(model: torch.nn.Module, ckpt: dict, output: str | os.PathLike, o
     """
     config = config_from_checkpoint(ckpt)
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
-    example = torch.zeros(2, config.channels, config.img_height, config.img_width)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
+    m = config.model
+    example = torch.zeros(2, m.channels, m.img_height, m.img_width)
     program = torch.onnx.export(
         model,
         (example,),
@@ -82,21 +81,21 @@ def export_onnx(model: torch.nn.Module, ckpt: dict, output: str | os.PathLike, o
     program.model.metadata_props.update(
         {
             "config": json.dumps(asdict(config)),
-            "charset": config.charset,
-            "max_len": str(config.max_len),
-            "img_height": str(config.img_height),
-            "img_width": str(config.img_width),
-            "channels": str(config.channels),
+            "charset": m.charset,
+            "max_len": str(m.max_len),
+            "img_height": str(m.img_height),
+            "img_width": str(m.img_width),
+            "channels": str(m.channels),
             "temperature": str(ckpt.get("temperature", 1.0)),
             "preprocess": PREPROCESS,
             "decode": DECODE,
             "source": json.dumps(info),
         }
     )
-    program.save(str(tmp))
-    _pool_for_onnxruntime(str(tmp))
-    os.replace(tmp, output)
-    return output
+    with atomic_write(output) as tmp:
+        program.save(str(tmp))
+        _pool_for_onnxruntime(str(tmp))
+    return Path(output)
 
 
 def _pool_for_onnxruntime(path: str) -> None:
@@ -148,7 +147,7 @@ def load_onnx(path: str | os.PathLike, threads: int = 0) -> tuple[OnnxModel, Lab
         raise ValueError(f"{path}: no 'config' metadata; export it with export_onnx.py")
     config = config_from_checkpoint({"config": json.loads(meta["config"])})
     info = json.loads(meta.get("source", "{}")) | {"path": str(path)}
-    return model, LabelCodec(config.charset, config.max_len), config, info
+    return model, LabelCodec(config.model.charset, config.model.max_len), config, info
 
 
 def quantize_onnx(source: str | os.PathLike, output: str | os.PathLike) -> Path:
@@ -157,12 +156,10 @@ def quantize_onnx(source: str | os.PathLike, output: str | os.PathLike) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
-    model = onnx.load(str(tmp))
-    del model.metadata_props[:]
-    model.metadata_props.extend(onnx.load(str(source), load_external_data=False).metadata_props)
-    onnx.save(model, str(tmp))
-    os.replace(tmp, output)
-    return output
+    with atomic_write(output) as tmp:
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+        model = onnx.load(str(tmp))
+        del model.metadata_props[:]
+        model.metadata_props.extend(onnx.load(str(source), load_external_data=False).metadata_props)
+        onnx.save(model, str(tmp))
+    return Path(output)

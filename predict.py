@@ -135,10 +135,10 @@ def predict_images(
     Decoding the next batch in a background thread while the model reads this one was
     measured and dropped: on 2 cores it gained nothing with onnxruntime and 7% with PyTorch.
     """
-    resize = SquarePadAndResize(config.img_height, config.img_width)
+    resize = SquarePadAndResize(config.model.img_height, config.model.img_width)
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress or len(starts) <= 1):
-        pixels = _pixels_or_none(items[start : start + batch_size], config.channels)
+        pixels = _pixels_or_none(items[start : start + batch_size], config.model.channels)
         good = [p for p in pixels if p is not None]
         with one_torch_thread():  # the resize is the torch part of preprocessing
             images = resize.batch(good) if good else None  # (N good, C, H, W)

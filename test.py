@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 
 from config import HelpFormatter
-from device import get_device
 from inputs import open_parquet
 from labels import parse_label
 from predict import add_tta_flag, predict_images
-from utils import load_recognizer
+from utils import add_model_flags, recognizer_from_args
 from visualize import show_all_images_with_predictions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -51,10 +50,8 @@ def main() -> None:
     p.add_argument("paths", nargs="*", help="image files or folders of images")
     p.add_argument("--parquet", default=None, help="also take the first --rows rows of this parquet file (labels shown)")
     p.add_argument("--rows", type=int, default=16, help="rows taken from --parquet")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
-    p.add_argument("--onnx", default=None, help="predict with this exported ONNX file (onnxruntime) instead of a checkpoint")
+    add_model_flags(p)
     p.add_argument("--batch-size", type=int, default=64, help="images per model call")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--csv", default=None, help="write file,prediction,confidence,char_confidences rows here")
     p.add_argument("--grid", default="predictions_grid.png", help="grid picture of the first --grid-size images ('' to skip)")
     p.add_argument("--grid-size", type=int, default=24, help="images in the grid picture")
@@ -64,10 +61,7 @@ def main() -> None:
     a = p.parse_args()
     if not a.paths and not a.parquet:
         p.error("give image files, a folder, or --parquet")
-    try:
-        model, codec, config, ckpt = load_recognizer(a.checkpoint, a.onnx, get_device(a.device))
-    except FileNotFoundError as err:
-        raise SystemExit(str(err)) from None
+    model, codec, config, ckpt = recognizer_from_args(a)
     examples = collect_examples(a.paths, a.parquet, a.rows)
     print(f"model: {ckpt['path']}")
     shown, failures, predicted, known, correct = [], [], 0, 0, 0

@@ -14,17 +14,7 @@ class CaptchaVisualizer:
     """Loads a checkpoint (the newest in saved_models/ by default) and draws its predictions."""
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str = "cpu"):
-        self.model, self.codec, self.config, self.checkpoint = self.load_latest_model(checkpoint, device)
-        self.index_to_char = self.create_index_to_char_mapping()
-
-    @staticmethod
-    def load_latest_model(checkpoint=None, device="cpu"):
-        """(model, codec, config, checkpoint dict) from ``checkpoint`` or the newest one."""
-        return load_model(checkpoint, device)
-
-    def create_index_to_char_mapping(self) -> dict[int, str]:
-        """Class index -> character; index 0 (end/pad) maps to ""."""
-        return {0: ""} | {i + 1: ch for i, ch in enumerate(self.codec.charset)}
+        self.model, self.codec, self.config, self.checkpoint = load_model(checkpoint, device)
 
     def decode_labels(self, targets: torch.Tensor) -> list[str]:
         """targets (B, max_len) class ids -> label strings."""
@@ -33,10 +23,6 @@ class CaptchaVisualizer:
     def decode_predictions(self, images: torch.Tensor) -> list[Prediction]:
         """images (B, C, H, W) -> predictions with confidences."""
         return predict_captcha(self.model, self.codec, images)
-
-    @staticmethod
-    def get_confidence_per_char(prediction: Prediction) -> list[tuple[str, float]]:
-        return list(zip(prediction.text, prediction.char_confidences))
 
     @staticmethod
     def visualize_image(ax, image: torch.Tensor, title: str, colour: str = "black") -> None:

@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="times each engine is measured, taking turns; medians are reported")
     a = p.parse_args()
     model, codec, config, ckpt = load_model(a.checkpoint)
-    rows = render_rows(a.seed, 0, a.images, CaptchaStyle(charset=config.charset, max_len=min(8, config.max_len)))
+    rows = render_rows(a.seed, 0, a.images, CaptchaStyle(charset=config.model.charset, max_len=min(8, config.model.max_len)))
     images, labels = [r[0] for r in rows], [parse_label(r[2]) for r in rows]
     engines = {"PyTorch eager": OurReader(model, codec, config)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +104,7 @@ def main() -> None:
                     run |= {"rate64": reader.batched(images, 64), "model64": reader.model_alone(tensors, 64)}
                 runs[name].append(run)
     print(f"machine: {machine()}, torch threads {torch.get_num_threads()}")
-    print(f"checkpoint: {ckpt['path']} ({config.img_height}x{config.img_width}); {a.images} fresh captchas, seed {a.seed}")
+    print(f"checkpoint: {ckpt['path']} ({config.model.img_height}x{config.model.img_width}); {a.images} fresh captchas, seed {a.seed}")
     print(f"medians of {a.rounds} rounds, the engines taking turns within each round\n")
     print("| engine | batch 1 images/s | batch 1 median ms | batch 64 images/s | batch 64, model only | seq acc | seq acc, ignoring case |")
     print("|---|---|---|---|---|---|---|")

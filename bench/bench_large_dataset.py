@@ -49,10 +49,10 @@ def child(data: str, steps: int, workers: int, out_dir: str) -> None:
     from codec import LabelCodec
     from config import Config
     from data_loader import load_data
-    from utils import train_model
+    from train import train_model
 
     config = Config(data=[data], epochs=1, max_steps=steps, workers=workers, out_dir=out_dir, run_name=f"run{time.time_ns()}")
-    codec = LabelCodec(config.charset, config.max_len)
+    codec = LabelCodec(config.model.charset, config.model.max_len)
     loaders = load_data(config, codec)
     print(f"loaded {len(loaders['train'].dataset)} training rows in {time.perf_counter() - start:.1f} s", flush=True)
     next(iter(loaders["train"]))

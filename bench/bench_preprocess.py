@@ -63,14 +63,14 @@ def main() -> None:
     torch.set_num_threads(1)
     config = Config()
     blobs = [row[0] for row in render_rows(4242, 0, a.images, CaptchaStyle())]
-    decoded = [decode_image(b, config.channels) for b in blobs]
-    resize = SquarePadAndResize(config.img_height, config.img_width)
+    decoded = [decode_image(b, config.model.channels) for b in blobs]
+    resize = SquarePadAndResize(config.model.img_height, config.model.img_width)
     tensors = [resize(img) for img in decoded]
-    pixels = [image_pixels(img, config.channels) for img in decoded]
+    pixels = [image_pixels(img, config.model.channels) for img in decoded]
     pixel_batches = [pixels[i : i + a.batch_size] for i in range(0, len(pixels), a.batch_size)]
     batches = [tensors[i : i + a.batch_size] for i in range(0, len(tensors), a.batch_size)]
-    codec = LabelCodec(config.charset, config.max_len)
-    logits = torch.randn(a.batch_size, config.max_len, len(config.charset) + 1, generator=torch.Generator().manual_seed(0))
+    codec = LabelCodec(config.model.charset, config.model.max_len)
+    logits = torch.randn(a.batch_size, config.model.max_len, len(config.model.charset) + 1, generator=torch.Generator().manual_seed(0))
     free = _FreeModel(logits)
     stacked = [torch.stack(batch) for batch in batches]
     raw_pngs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
@@ -78,9 +78,11 @@ def main() -> None:
     stages = {
         "PNG decoding (PIL: open + load)": lambda: [Image.open(io.BytesIO(b)).load() for b in blobs],
         "PNG decoding (torchvision.io.decode_png)": lambda: [torchvision.io.decode_png(raw) for raw in raw_pngs],
-        "colour mode (to_model_mode on decoded images)": lambda: [to_model_mode(img, config.channels) for img in decoded],
-        "decode_image (decoding + colour mode)": lambda: [decode_image(b, config.channels) for b in blobs],
-        f"SquarePadAndResize to {config.img_height}x{config.img_width}, one image at a time": lambda: [resize(img) for img in decoded],
+        "colour mode (to_model_mode on decoded images)": lambda: [to_model_mode(img, config.model.channels) for img in decoded],
+        "decode_image (decoding + colour mode)": lambda: [decode_image(b, config.model.channels) for b in blobs],
+        f"SquarePadAndResize to {config.model.img_height}x{config.model.img_width}, one image at a time": lambda: [
+            resize(img) for img in decoded
+        ],
         f"SquarePadAndResize.batch, batches of {a.batch_size}": lambda: [resize.batch(batch) for batch in pixel_batches],
         f"torch.stack, batches of {a.batch_size}": lambda: [torch.stack(batch) for batch in batches],
         "answers from logits (predict_captcha without a network)": lambda: [predict_captcha(free, codec, s) for s in stacked],

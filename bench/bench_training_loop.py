@@ -56,11 +56,13 @@ def bare_loop(config, images, targets, steps: int, amp: bool = False) -> float:
     import torch
 
     from device import autocast, get_device
-    from utils import build_model, recognition_loss, seed_everything
+    from model import CNNModel
+    from train import recognition_loss
+    from utils import seed_everything
 
     seed_everything(config.seed)
     device = get_device(config.device)
-    model = build_model(config).to(device, memory_format=torch.channels_last).train()
+    model = CNNModel(config.model).to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
 
@@ -76,19 +78,21 @@ def bare_loop(config, images, targets, steps: int, amp: bool = False) -> float:
 
 
 def step_loop(config, images, targets, steps: int) -> float:
-    """Images/s of utils.train_step (what train_model runs per batch) on one in-memory batch."""
+    """Images/s of train.train_step (what train_model runs per batch) on one in-memory batch."""
     import torch
 
     from device import get_device, grad_scaler
+    from model import CNNModel
     from schedule import optimizer_and_schedule
-    from utils import build_model, seed_everything, train_step
+    from train import Optimisation, train_step
+    from utils import seed_everything
 
     seed_everything(config.seed)
     device = get_device(config.device)
-    model = build_model(config).to(device, memory_format=torch.channels_last).train()
-    parts = (model, *optimizer_and_schedule(model, config, WARMUP_STEPS + steps), grad_scaler(device, config.amp))
+    model = CNNModel(config.model).to(device, memory_format=torch.channels_last).train()
+    opt = Optimisation(model, *optimizer_and_schedule(model, config, WARMUP_STEPS + steps), grad_scaler(device, config.amp))
     images, targets = images.to(device), targets.to(device)
-    seconds = timed_steps(lambda: train_step(model, parts, images, targets, config, device, torch.channels_last), steps, device)
+    seconds = timed_steps(lambda: train_step(model, opt, images, targets, config, device, torch.channels_last), steps, device)
     return steps * len(images) / seconds
 
 
@@ -117,7 +121,7 @@ def main() -> None:
     from codec import LabelCodec
     from config import Config
     from data_loader import load_data
-    from utils import train_model
+    from train import train_model
 
     with tempfile.TemporaryDirectory() as tmp:
         # augmentation off, as in the default run (its 45,000 training rows are above the
@@ -130,7 +134,7 @@ def main() -> None:
         rows = a.rows or int(a.steps * config.batch_size / 0.85) + 200
         data = generate_captcha_data(rows, Path(tmp) / "bench.parquet", seed=5)
         config = dataclasses.replace(config, data=[str(data)])
-        codec = LabelCodec(config.charset, config.max_len)
+        codec = LabelCodec(config.model.charset, config.model.max_len)
         loaders = load_data(config, codec)
         images, targets, _ = next(iter(loaders["train"]))
         bare = bare_loop(config, images, targets, a.steps)
@@ -145,7 +149,8 @@ def main() -> None:
         augmented = loader_alone(load_data(dataclasses.replace(config, workers=1, augment="on"), codec)["train"], single)
     print(f"machine: {machine()}")
     print(f"device: {device_name(config.device)}, train_step and train_model {'with' if config.amp else 'without'} --amp")
-    print(f"model {config.variant} stages {config.stages}, input {config.img_height}x{config.img_width}, batch {config.batch_size}")
+    m = config.model
+    print(f"model {m.variant} stages {m.stages}, input {m.img_height}x{m.img_width}, batch {config.batch_size}")
     print(f"| loop | images/s | ratio |\n|---|---|---|\n| bare PyTorch loop, in-memory batch | {bare:.0f} | 1.00 |")
     print(f"| bare PyTorch loop, autocast (--amp) | {bf16:.0f} | {bf16 / bare:.2f} |")
     same = bf16 if config.amp else bare

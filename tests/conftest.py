@@ -9,7 +9,7 @@ from captcha_generator import CaptchaStyle, generate_captcha_data  # noqa: E402
 from codec import LabelCodec  # noqa: E402
 from config import Config  # noqa: E402
 from data_loader import load_data  # noqa: E402
-from utils import train_model  # noqa: E402
+from train import train_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def make_tiny_config(parquet: Path, out_dir: Path, **overrides) -> Config:
         run_name="run",
         split_ratios="0.7,0.15,0.15",
     )
-    return Config(**(settings | overrides))
+    return Config.from_flat(settings | overrides)
 
 
 @pytest.fixture
@@ -50,4 +50,4 @@ def tiny_config(tiny_parquet, tmp_path) -> Config:
 def tiny_checkpoint(tiny_parquet, tmp_path_factory) -> Path:
     """best.pt of a one-epoch tiny run, shared by the script tests."""
     config = make_tiny_config(tiny_parquet, tmp_path_factory.mktemp("models"), epochs=1, max_steps=4)
-    return train_model(config, load_data(config, LabelCodec(config.charset, config.max_len))) / "best.pt"
+    return train_model(config, load_data(config, LabelCodec(config.model.charset, config.model.max_len))) / "best.pt"

@@ -70,10 +70,10 @@ def test_bench_few_shot_runs(tiny_parquet, tmp_path):
     from codec import LabelCodec
     from data_loader import load_data
     from labels import DEFAULT_CHARSET
-    from utils import train_model
+    from train import train_model
 
     config = make_tiny_config(tiny_parquet, tmp_path, charset=DEFAULT_CHARSET, max_len=8, epochs=1, max_steps=1)
-    base = train_model(config, load_data(config, LabelCodec(config.charset, config.max_len))) / "best.pt"
+    base = train_model(config, load_data(config, LabelCodec(config.model.charset, config.model.max_len))) / "best.pt"
     out = run(
         "bench/bench_few_shot.py", "--base", str(base), "--generated", str(tiny_parquet), "--sizes", "30", "--test", "10",
         "--minutes", "0.01", "--batch-size", "8",

@@ -41,7 +41,7 @@ def test_calibration_is_stored_and_changes_confidences_not_answers(calibrated, t
     images = torch.stack([preprocess_image(r["image"]["bytes"], config) for r in pq.read_table(tiny_parquet).slice(0, 16).to_pylist()])
     calibrated_predictions, raw_predictions = predict_captcha(model, codec, images), predict_captcha(raw, codec, images)
     assert [p.text for p in calibrated_predictions] == [p.text for p in raw_predictions]
-    probs = (collect_logits(model, [(images, torch.zeros(16, config.max_len, dtype=torch.long), 0)])[0] / temperature).softmax(-1)
+    probs = (collect_logits(model, [(images, torch.zeros(16, config.model.max_len, dtype=torch.long), 0)])[0] / temperature).softmax(-1)
     expected = probs.max(-1).values.prod(-1)
     assert torch.allclose(torch.tensor([p.confidence for p in calibrated_predictions]), expected, atol=1e-5)
 

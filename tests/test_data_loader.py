@@ -81,7 +81,7 @@ def test_find_parquet_files_accepts_folders_files_and_globs(tiny_parquet):
 
 
 def test_load_data_splits_and_batches(tiny_config):
-    codec = LabelCodec(tiny_config.charset, tiny_config.max_len)
+    codec = LabelCodec(tiny_config.model.charset, tiny_config.model.max_len)
     loaders = load_data(tiny_config, codec)
     sizes = {s: len(loaders[s].dataset) for s in ("train", "val", "test")}
     assert sum(sizes.values()) == 120 and min(sizes.values()) > 5
@@ -95,7 +95,7 @@ def test_load_data_splits_and_batches(tiny_config):
 def test_image_store_reads_every_row_without_mapping_it(tiny_config, tiny_parquet):
     """Each row's bytes come back exactly, in this process and in an unpickled copy (a
     spawned worker), and the images file is read, never memory-mapped."""
-    codec = LabelCodec(tiny_config.charset, tiny_config.max_len)
+    codec = LabelCodec(tiny_config.model.charset, tiny_config.model.max_len)
     store, splits, _ = read_rows(tiny_config, codec)
     expected = [row["bytes"] for row in pq.read_table(tiny_parquet)["image"].to_pylist()]
     assert [store.get(0, row) for row in range(len(expected))] == expected
@@ -107,7 +107,7 @@ def test_image_store_reads_every_row_without_mapping_it(tiny_config, tiny_parque
 
 
 def test_cache_is_rebuilt_when_the_parquet_changes(tiny_config, tiny_parquet, tmp_path):
-    codec = LabelCodec(tiny_config.charset, tiny_config.max_len)
+    codec = LabelCodec(tiny_config.model.charset, tiny_config.model.max_len)
     copy = tmp_path / "copy.parquet"
     pq.write_table(pq.read_table(tiny_parquet).slice(0, 30), copy)
     config = dataclasses.replace(tiny_config, data=[str(copy)])
@@ -123,6 +123,8 @@ def _niceness(_index: int) -> int:
 
 
 def test_loader_workers_run_below_the_training_process(tiny_config):
-    loader = load_data(dataclasses.replace(tiny_config, workers=1), LabelCodec(tiny_config.charset, tiny_config.max_len))["train"]
+    loader = load_data(dataclasses.replace(tiny_config, workers=1), LabelCodec(tiny_config.model.charset, tiny_config.model.max_len))[
+        "train"
+    ]
     probe = DataLoader([0], num_workers=1, worker_init_fn=loader.worker_init_fn, collate_fn=lambda items: [_niceness(i) for i in items])
     assert next(iter(probe)) == [min(19, os.nice(0) + WORKER_NICENESS)]

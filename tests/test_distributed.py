@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +18,6 @@ def test_two_process_torchrun_trains_one_model_that_single_process_scripts_load(
     cmd += ["--epochs", "2", "--batch-size", "8", "--workers", "0", "--run-name", "ddp"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    if "Signal 6 (SIGABRT)" in result.stderr:  # once in ~40 CI runs a rank died mid-epoch in native code (std::terminate)
-        shutil.rmtree(tmp_path / "saved_models", ignore_errors=True)
-        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch 2/2") == 1  # only rank 0 prints
     assert "replicas agree: 2 processes hold identical weights" in result.stdout

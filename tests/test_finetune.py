@@ -12,18 +12,19 @@ import pytest
 from PIL import Image
 
 from captcha_generator import CaptchaStyle, generate_captcha_data
-from checkpoints import load_checkpoint
+from checkpoints import config_from_checkpoint, init_from_checkpoint, load_checkpoint
 from codec import LabelCodec
 from config import Config, finetune_config
 from data_loader import augmentation, load_data
 from labels import parse_label
-from utils import build_model, init_from_checkpoint, train_model
+from model import CNNModel
+from train import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def loaders_for(config):
-    return load_data(config, LabelCodec(config.charset, config.max_len))
+    return load_data(config, LabelCodec(config.model.charset, config.model.max_len))
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +59,16 @@ def test_a_bad_mix_is_refused_by_name():
 
 def test_finetuning_grows_the_charset_and_keeps_what_was_learnt(tiny_checkpoint):
     ckpt = load_checkpoint(tiny_checkpoint)
-    base = Config(**{k: v for k, v in ckpt["config"].items() if k in Config.__dataclass_fields__})
-    config = finetune_config(base, Config(charset="xa1y", img_height=64, epochs=2, init_from=str(tiny_checkpoint)))
-    assert config.charset == base.charset + "xy" and config.img_height == base.img_height and config.epochs == 2
-    model = build_model(config)
-    assert init_from_checkpoint(model, ckpt, config) == 2
+    base = config_from_checkpoint(ckpt)
+    asked = Config.from_flat(dict(charset="xa1y", img_height=64, epochs=2, init_from=str(tiny_checkpoint)))
+    config = finetune_config(base, asked, {"charset", "img_height", "epochs", "init_from"})
+    assert config.model.charset == base.model.charset + "xy" and config.model.img_height == base.model.img_height and config.epochs == 2
+    model = CNNModel(config.model)
+    assert init_from_checkpoint(model, ckpt, str(tiny_checkpoint)) == 2
     state, old = model.state_dict(), ckpt["model"]
     for name in ("classifier.1.weight", "ctc_classifier.bias"):
-        assert state[name].shape[0] == len(config.charset) + 1
-        assert (state[name][: len(base.charset) + 1] == old[name]).all()
+        assert state[name].shape[0] == len(config.model.charset) + 1
+        assert (state[name][: len(base.model.charset) + 1] == old[name]).all()
     assert all((state[k] == v).all() for k, v in old.items() if not k.startswith(("classifier.1", "ctc_classifier")))
 
 
@@ -77,7 +79,7 @@ def test_main_init_from_takes_shape_from_the_checkpoint(tiny_checkpoint, tiny_pa
     assert result.returncode == 0, result.stderr[-2000:]
     assert "fine-tuning from" in result.stdout and "(1 new characters)" in result.stdout
     ckpt = load_checkpoint(tmp_path / "saved_models" / "ft" / "last.pt")
-    assert ckpt["charset"] == "abc123z" and (ckpt["config"]["img_height"], ckpt["config"]["img_width"]) == (32, 96)
+    assert ckpt["charset"] == "abc123z" and (ckpt["config"]["model"]["img_height"], ckpt["config"]["model"]["img_width"]) == (32, 96)
 
 
 def test_early_stopping_stops_when_validation_stops_improving(tiny_config):

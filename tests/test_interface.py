@@ -97,7 +97,7 @@ def test_tta_recognizer_answers_as_predict_captcha_with_the_shifts(tiny_checkpoi
     model, codec, config, _ = load_model(tiny_checkpoint)
     image = preprocess_image(captcha_file.read_bytes(), config)
     for shifts in ((0,), TTA_SHIFTS):
-        text, confidence, _, _ = Recognizer(str(tiny_checkpoint), shifts=shifts).detect_captcha(str(captcha_file))
+        text, confidence, _, _ = Recognizer(load_model(tiny_checkpoint), shifts=shifts).detect_captcha(str(captcha_file))
         want = predict_captcha(model, codec, image, shifts=shifts)[0]
         assert (text, confidence) == (want.text, round(want.confidence, 4))
 

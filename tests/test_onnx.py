@@ -48,12 +48,12 @@ def test_parity_falls_back_to_generated_captchas_without_the_training_data(tiny_
 def test_onnx_file_alone_rebuilds_the_configuration(exported, tiny_checkpoint):
     _, codec, config, info = load_onnx(exported)
     _, _, torch_config, ckpt = load_model(tiny_checkpoint)
-    assert config == torch_config and codec.charset == torch_config.charset
+    assert config == torch_config and codec.charset == torch_config.model.charset
     assert info["checkpoint"] == str(tiny_checkpoint) and info["best_metric"] == ckpt["best_metric"]
     meta = {p.key: p.value for p in onnx.load(exported).metadata_props}
-    assert meta["charset"] == config.charset and int(meta["max_len"]) == config.max_len
+    assert meta["charset"] == config.model.charset and int(meta["max_len"]) == config.model.max_len
     shape = (int(meta["img_height"]), int(meta["img_width"]), int(meta["channels"]))
-    assert shape == (config.img_height, config.img_width, config.channels)
+    assert shape == (config.model.img_height, config.model.img_width, config.model.channels)
 
 
 def test_spatial_means_are_exported_as_pooling(exported):

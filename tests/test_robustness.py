@@ -19,14 +19,15 @@ from checkpoints import find_latest_checkpoint, load_checkpoint
 from codec import LabelCodec
 from config import Config, resumed_config
 from data_loader import load_data
-from utils import Interrupted, load_model, train_model
+from train import Interrupted, train_model
+from utils import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--img-height", "32", "--img-width", "96", "--width-mult", "0.25", "--depth-mult", "0.25", "--head-dim", "32"]
 
 
 def loaders_for(config):
-    return load_data(config, LabelCodec(config.charset, config.max_len))
+    return load_data(config, LabelCodec(config.model.charset, config.model.max_len))
 
 
 def comparable(history: list[dict]) -> list[dict]:
@@ -35,7 +36,7 @@ def comparable(history: list[dict]) -> list[dict]:
 
 @pytest.mark.parametrize("stop_after_steps", [2, 4])  # mid-epoch 1; mid-epoch 2, after a finished epoch
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights_and_metrics(tiny_config, stop_after_steps):
-    straight = dataclasses.replace(tiny_config, epochs=2, run_name="straight", dropout=0.3)
+    straight = dataclasses.replace(tiny_config, epochs=2, run_name="straight", model=dataclasses.replace(tiny_config.model, dropout=0.3))
     reference = load_checkpoint(train_model(straight, loaders_for(straight)) / "last.pt")
     stopped = dataclasses.replace(straight, run_name="stopped")
     with pytest.raises(Interrupted) as info:
@@ -53,14 +54,17 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_loadable(tiny_conf
     run = train_model(tiny_config, loaders_for(tiny_config))
     before = load_checkpoint(run / "last.pt")
 
+    written = []
+
     def dies_while_writing(obj, path):
         Path(path).write_bytes(b"PK\x03\x04 half a zip file")
-        raise KeyboardInterrupt  # what the user sees of a SIGKILL: the process ends mid-write
+        written.append(Path(path))
+        raise KeyboardInterrupt  # Ctrl-C mid-write (a SIGKILL would leave the temporary file behind)
 
     monkeypatch.setattr(torch, "save", dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
         checkpoints.save_checkpoint(run / "last.pt", **before)
-    assert (run / "last.pt.tmp").exists()
+    assert written and written[0].parent == run and written[0].name.endswith(".tmp") and not written[0].exists()
     assert torch.equal(load_checkpoint(run / "last.pt")["model"]["queries"], before["model"]["queries"])
     assert find_latest_checkpoint(tiny_config.out_dir).name == "best.pt"
 
@@ -83,7 +87,7 @@ def test_ctrl_c_and_sigterm_save_a_resumable_checkpoint(tiny_parquet, tmp_path, 
     ckpt = load_checkpoint(last)
     assert ckpt["partial"]["step"] >= 1 or ckpt["epoch"] >= 0
     model, _, config, _ = load_model(last)
-    assert config.charset == "abc123" and config.epochs == 500
+    assert config.model.charset == "abc123" and config.epochs == 500
 
 
 def test_unwritable_or_full_output_is_reported_before_training(tiny_config, tmp_path, monkeypatch):
@@ -105,18 +109,27 @@ def test_main_reports_an_unwritable_output_folder_without_a_traceback(tiny_parqu
 
 
 def test_resume_refuses_changed_training_settings_by_name():
-    saved = Config(charset="abc", img_width=96, epochs=3)
-    asked = Config(charset="abcd", img_width=160, workers=0, resume="x/last.pt")
+    saved = Config.from_flat(dict(charset="abc", img_width=96, epochs=3))
+    asked = Config.from_flat(dict(charset="abcd", img_width=160, workers=0, resume="x/last.pt"))
     with pytest.raises(ValueError) as err:
-        resumed_config(saved, asked)
+        resumed_config(saved, asked, {"charset", "img_width", "workers", "resume"})
     assert "--charset 'abcd' (checkpoint: 'abc')" in str(err.value) and "--img-width 160 (checkpoint: 96)" in str(err.value)
-    merged = resumed_config(saved, Config(workers=0, resume="x/last.pt"))
+    merged = resumed_config(saved, Config.from_flat(dict(workers=0, resume="x/last.pt")), {"workers", "resume"})
     assert merged == dataclasses.replace(saved, workers=0, resume="x/last.pt")
+
+
+def test_resume_refuses_a_flag_given_at_its_default_when_the_checkpoint_differs():
+    """--img-width 128 is the default, but the run being resumed trained at 96: that is a change too."""
+    saved = Config.from_flat(dict(img_width=96, epochs=3))
+    asked = Config.from_flat(dict(resume="x/last.pt"))
+    with pytest.raises(ValueError, match=r"--img-width 128 \(checkpoint: 96\)"):
+        resumed_config(saved, asked, {"img_width", "resume"})
+    assert resumed_config(saved, asked, {"resume", "workers"}).model.img_width == 96  # not given: the checkpoint's
 
 
 def test_a_checkpoint_whose_weights_do_not_fit_names_the_tensors(tiny_checkpoint, tmp_path):
     ckpt = load_checkpoint(tiny_checkpoint)
-    ckpt["config"]["charset"] = "abc1234"  # the weights still have the old charset's classes
+    ckpt["config"]["model"]["charset"] = "abc1234"  # the weights still have the old charset's classes
     torch.save(ckpt, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match=r"7 characters\): weights do not fit the model: classifier.1.bias: \(7,\) in the file, \(8,\)"):
         load_model(tmp_path / "odd.pt")

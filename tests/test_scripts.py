@@ -38,7 +38,7 @@ def test_loader_batches_equal_the_items_one_by_one(tiny_checkpoint):
     loader, _ = evaluation_loader(config, codec, ("train", "val", "test"))
     images, targets, bad = next(iter(loader))
     items = [loader.dataset[i] for i in range(16)]
-    assert bad == 0 and images.shape == (16, config.channels, config.img_height, config.img_width)
+    assert bad == 0 and images.shape == (16, config.model.channels, config.model.img_height, config.model.img_width)
     assert torch.equal(images, torch.stack([image for image, _ in items]))
     assert torch.equal(targets, torch.stack([target for _, target in items]))
 

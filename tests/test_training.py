@@ -1,37 +1,32 @@
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-import utils
-from checkpoints import load_checkpoint
+import train
+from checkpoints import load_checkpoint, load_pretrained_backbone
 from codec import LabelCodec
+from config import ModelConfig
 from data_loader import load_data
 from model import CNNModel
 from schedule import one_cycle, optimizer_and_schedule, replan, steps_that_fit
-from utils import (
-    Interrupted,
-    build_model,
-    load_model,
-    load_pretrained_backbone,
-    seed_everything,
-    set_requires_grad,
-    train_model,
-)
+from train import Interrupted, train_model
+from utils import load_model, seed_everything, set_requires_grad
 
 
 def loaders_for(config):
-    return load_data(config, LabelCodec(config.charset, config.max_len))
+    return load_data(config, LabelCodec(config.model.charset, config.model.max_len))
 
 
 def test_model_output_shape():
-    model = CNNModel(num_classes=7, max_len=5, img_height=32, img_width=96, width_mult=0.25, depth_mult=0.25, head_dim=32)
+    model = CNNModel(ModelConfig(charset="abcdef", max_len=5, img_height=32, img_width=96, width_mult=0.25, depth_mult=0.25, head_dim=32))
     assert model(torch.randn(3, 3, 32, 96)).shape == (3, 5, 7)
 
 
 def test_grayscale_model_output_shape():
-    model = CNNModel(num_classes=4, max_len=3, img_height=32, img_width=64, channels=1, width_mult=0.25, depth_mult=0.25)
+    model = CNNModel(ModelConfig(charset="abc", max_len=3, img_height=32, img_width=64, channels=1, width_mult=0.25, depth_mult=0.25))
     assert model(torch.randn(2, 1, 32, 64)).shape == (2, 3, 4)
 
 
@@ -59,14 +54,14 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tiny_config):
 
 
 def test_checkpoint_from_before_conv_head_setting_loads_with_the_head(tiny_config, tmp_path):
-    with_head = dataclasses.replace(tiny_config, conv_head=True)
+    with_head = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, conv_head=True))
     run = train_model(with_head, loaders_for(with_head))
     ckpt = load_checkpoint(run / "last.pt")
-    del ckpt["config"]["conv_head"]  # as written before the setting existed
+    del ckpt["config"]["model"]["conv_head"]  # as written before the setting existed
     torch.save(ckpt, tmp_path / "old.pt")
     model, _, config, _ = load_model(tmp_path / "old.pt")
-    assert config.conv_head and isinstance(model.backbone._conv_head, torch.nn.Conv2d)
-    assert not any(name.startswith("backbone._conv_head") for name in build_model(tiny_config).state_dict())
+    assert config.model.conv_head and isinstance(model.backbone._conv_head, torch.nn.Conv2d)
+    assert not any(name.startswith("backbone._conv_head") for name in CNNModel(tiny_config.model).state_dict())
 
 
 def test_resume_between_epochs_continues_identically(tiny_config):
@@ -117,7 +112,7 @@ def test_replanning_continues_the_shorter_cycle_where_the_run_stands(tiny_config
 
 def test_a_run_past_its_time_limit_stops_at_the_timed_steps(tiny_config, monkeypatch):
     """A run whose limit has passed when steps 1-3 are timed ends there, in its first epoch."""
-    monkeypatch.setattr(utils, "BUDGET_TIMING", (1, 3))
+    monkeypatch.setattr(train, "BUDGET_TIMING", (1, 3))
     config = dataclasses.replace(tiny_config, epochs=3, time_limit=1.0)
     run = train_model(config, loaders_for(config), started=time.perf_counter() - 60.0)
     ckpt = load_checkpoint(run / "last.pt")
@@ -128,8 +123,8 @@ def test_a_run_past_its_time_limit_stops_at_the_timed_steps(tiny_config, monkeyp
 def test_a_run_fitted_to_its_time_limit_resumes_with_the_same_plan(tiny_config, monkeypatch):
     """The plan (here: 4 steps of 3 epochs x 3) is made by the first process and kept in the
     checkpoints; the resumed run continues it without planning again."""
-    monkeypatch.setattr(utils, "BUDGET_TIMING", (1, 3))
-    monkeypatch.setattr(utils, "steps_that_fit", lambda done, *_: 4)
+    monkeypatch.setattr(train, "BUDGET_TIMING", (1, 3))
+    monkeypatch.setattr(train, "steps_that_fit", lambda done, *_: 4)
     straight = dataclasses.replace(tiny_config, epochs=3, run_name="straight")
     run = train_model(straight, loaders_for(straight))
     ckpt = load_checkpoint(run / "last.pt")
@@ -138,7 +133,7 @@ def test_a_run_fitted_to_its_time_limit_resumes_with_the_same_plan(tiny_config, 
     interrupted = dataclasses.replace(straight, run_name="interrupted")
     with pytest.raises(Interrupted) as stopped:
         train_model(interrupted, loaders_for(interrupted), stop_after_epochs=1)
-    monkeypatch.setattr(utils, "steps_that_fit", lambda done, *_: 9)  # a resumed run must not plan again
+    monkeypatch.setattr(train, "steps_that_fit", lambda done, *_: 9)  # a resumed run must not plan again
     resumed = dataclasses.replace(interrupted, resume=str(stopped.value.checkpoint))
     train_model(resumed, loaders_for(resumed))
     other = load_checkpoint(stopped.value.checkpoint)
@@ -150,7 +145,7 @@ def test_a_run_fitted_to_its_time_limit_resumes_with_the_same_plan(tiny_config, 
 def test_pretraining_freezes_backbone_weights_and_batchnorm_stats(tiny_config):
     config = dataclasses.replace(tiny_config, epochs=1, pretrain_epochs=1)
     seed_everything(config.seed)
-    before = build_model(config).state_dict()
+    before = CNNModel(config.model).state_dict()
     run = train_model(config, loaders_for(config))
     after = load_checkpoint(run / "last.pt")["model"]
     backbone = [k for k in before if k.startswith("backbone.")]
@@ -161,7 +156,7 @@ def test_pretraining_freezes_backbone_weights_and_batchnorm_stats(tiny_config):
 
 
 def test_set_requires_grad():
-    model = CNNModel(num_classes=3, max_len=2, img_height=32, img_width=64, width_mult=0.25, depth_mult=0.25)
+    model = CNNModel(ModelConfig(charset="ab", max_len=2, img_height=32, img_width=64, width_mult=0.25, depth_mult=0.25))
     set_requires_grad(model.backbone, False)
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
@@ -183,9 +178,27 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
 
 
 def test_pretrained_weights_load_where_names_and_shapes_match(tiny_config, tmp_path):
-    source = build_model(tiny_config).backbone.state_dict()
+    source = CNNModel(tiny_config.model).backbone.state_dict()
     source["_conv_head.weight"] = torch.zeros(3, 3)  # a stage this model does not have
     torch.save(source, tmp_path / "imagenet.pt")
-    model = build_model(tiny_config)
+    model = CNNModel(tiny_config.model)
     assert load_pretrained_backbone(model, str(tmp_path / "imagenet.pt")) == len(source) - 1
     assert torch.equal(model.backbone._conv_stem.weight, source["_conv_stem.weight"])
+
+
+FLAT_CONFIG_RUN = Path(__file__).parent / "fixtures" / "tiny_run_flat_config.pt"
+
+
+def test_a_checkpoint_with_a_flat_config_loads_and_the_same_seed_retrains_its_weights(tiny_config):
+    """fixtures/tiny_run_flat_config.pt is last.pt of this very run (tiny_config: seed 0, 2 epochs
+    of 3 steps), written when the model's settings sat flat in the config dict, before the
+    training loop moved into train.Trainer: it loads as it is, and training again gives its weights.
+    (The tolerance allows float rounding on other CPUs; any change in what is drawn at random or
+    in what a step does moves the weights by far more.)"""
+    model, _, config, old = load_model(FLAT_CONFIG_RUN)
+    assert "model" not in old["config"] and config.model == tiny_config.model and config.seed == tiny_config.seed
+    assert torch.equal(model.state_dict()["queries"], old["model"]["queries"])
+    new = load_checkpoint(train_model(tiny_config, loaders_for(tiny_config)) / "last.pt")
+    assert [dict(h, img_per_s=0) for h in new["history"]] == [dict(h, img_per_s=0) for h in old["history"]]
+    for name, tensor in old["model"].items():
+        assert torch.allclose(new["model"][name].float(), tensor.float(), rtol=0, atol=1e-5), name
