@@ -8,6 +8,7 @@ so a seed gives byte-identical files whatever the number of worker processes.
 
 import argparse
 import io
+import json
 import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -31,6 +32,7 @@ SCHEMA = pa.schema(
         ("text", pa.string()),
     ]
 )
+LOOK_SCHEMA = SCHEMA.append(pa.field("look", pa.string()))  # the many-style mode's: each row's look as JSON
 TEXT_TEMPLATE = "The text in this image is '{}'"
 ROW_GROUP = 1000
 GLYPH_PAD = 2  # blank pixels around a glyph's line box on each side
@@ -88,10 +90,18 @@ class CaptchaStyle:
         "draw each captcha's look at random (glyph width, text size, bold, one ink or many, background, noise, "
         "rotation and warp around the values above) in all 21 fonts of all_fonts(): data of many looks",
     )
+    mixed: bool = option(
+        False,
+        "the many-style mode (looks.py): each captcha draws its size, alphabet, font, layout, glyph style, colours, "
+        "noise, warp and degradation from a wide space, in every text font this machine has; lengths within "
+        "--min-len/--max-len, characters within --charset; the look of each row goes into a 'look' column",
+    )
 
     def __post_init__(self):
         if not self.fonts:
-            fonts = all_fonts() if self.varied else default_fonts()
+            from looks import font_pool  # looks.py builds on this module
+
+            fonts = font_pool() if self.mixed else all_fonts() if self.varied else default_fonts()
             object.__setattr__(self, "fonts", tuple(fonts))
 
 
@@ -253,21 +263,27 @@ def generate_captcha(text: str, rng: np.random.Generator, style: CaptchaStyle) -
     return elastic_transform(img, rng, style.warp)
 
 
-def draw_captcha(seed: int, index: int, style: CaptchaStyle) -> tuple[str, Image.Image]:
-    """Captcha ``index`` of ``seed``: (label, RGB image)."""
+def draw_captcha(seed: int, index: int, style: CaptchaStyle) -> tuple[str, Image.Image, dict | None]:
+    """Captcha ``index`` of ``seed``: (label, RGB image, its look in the many-style mode else None)."""
     rng = np.random.default_rng([seed, index])
+    if style.mixed:
+        from looks import draw_look
+
+        return draw_look(rng, style.fonts, style.charset, (style.min_len, style.max_len))
     label = generate_random_string(rng, style.charset, style.min_len, style.max_len)
-    return label, generate_captcha(label, rng, style)
+    return label, generate_captcha(label, rng, style), None
 
 
 def render_rows(seed: int, start: int, stop: int, style: CaptchaStyle) -> list[tuple]:
-    """Captchas ``start`` to ``stop - 1`` of ``seed`` as (PNG bytes, file name, text) rows."""
+    """Captchas ``start`` to ``stop - 1`` of ``seed`` as (PNG bytes, file name, text) rows, with
+    the look as JSON fourth in the many-style mode."""
     rows = []
     for index in range(start, stop):
-        label, image = draw_captcha(seed, index, style)
+        label, image, look = draw_captcha(seed, index, style)
         buf = io.BytesIO()
         image.save(buf, "PNG", compress_level=1)
-        rows.append((buf.getvalue(), f"{index:08d}.png", TEXT_TEMPLATE.format(label)))
+        row = (buf.getvalue(), f"{index:08d}.png", TEXT_TEMPLATE.format(label))
+        rows.append(row if look is None else (*row, json.dumps(look)))
     return rows
 
 
@@ -275,7 +291,10 @@ def _to_table(rows: list[tuple]) -> pa.Table:
     images = pa.StructArray.from_arrays(
         [pa.array([r[0] for r in rows], pa.binary()), pa.array([r[1] for r in rows], pa.string())], names=["bytes", "path"]
     )
-    return pa.Table.from_arrays([images, pa.array([r[2] for r in rows], pa.string())], schema=SCHEMA)
+    columns = [images, pa.array([r[2] for r in rows], pa.string())]
+    if len(rows[0]) == 4:
+        return pa.Table.from_arrays([*columns, pa.array([r[3] for r in rows], pa.string())], schema=LOOK_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
 def generate_captcha_data(
@@ -297,7 +316,8 @@ def generate_captcha_data(
         raise ValueError("no fonts: pass --fonts or install matplotlib's DejaVu fonts")
     workers = workers or os.cpu_count() or 1
     chunks = ((seed, start, min(start + row_group, count), style) for start in range(0, count, row_group))
-    with atomic_write(output) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=count, unit="img", desc="generating") as bar:
+    schema = LOOK_SCHEMA if style.mixed else SCHEMA
+    with atomic_write(output) as tmp, pq.ParquetWriter(tmp, schema) as writer, tqdm(total=count, unit="img", desc="generating") as bar:
         for rows in ordered_map(render_rows, chunks, workers):
             writer.write_table(_to_table(rows))
             bar.update(len(rows))
@@ -318,7 +338,7 @@ def save_grid_image(
     for index, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if index < n:
-            label, image = draw_captcha(seed, index, style)
+            label, image, _ = draw_captcha(seed, index, style)
             ax.imshow(image)
             ax.set_title(label, fontsize=9, family="monospace")
     fig.tight_layout()
