@@ -77,6 +77,17 @@ class Config:
         "training augmentation (small rotation and shift, warp, colour jitter, blur): on, off, or auto (on below 20,000 training rows)",
         choices=("on", "off", "auto"),
     )
+    # semi-supervised: the site's unlabelled captchas (FixMatch-style consistency with an EMA teacher)
+    unlabelled: list[str] = list_option(
+        [], "unlabelled captchas: parquet files or folders of image files; the student learns the teacher's confident answers"
+    )
+    mu: int = option(2, "unlabelled images per labelled image in each step")
+    threshold: float = option(0.95, "whole-sequence confidence the teacher needs for its answer to be learnt")
+    unlabelled_weight: float = option(1.0, "weight of the loss on the unlabelled images")
+    ema: bool = option(False, "keep the EMA teacher in a supervised run too; best.pt takes whichever of model and teacher validates better")
+    ema_decay: float = option(0.999, "decay of the teacher, an exponential moving average of the weights")
+    strong_ops: int = option(2, "RandAugment operations of the strong (student's) view")
+    strong_magnitude: int = option(10, "RandAugment magnitude of the strong view (0-30)")
     # model and input
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrained_weights: str = option("", "local EfficientNet ImageNet state_dict file to start the backbone from")
@@ -182,7 +193,7 @@ def _shown(default) -> str:
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, list | tuple):
-        return " ".join(str(d) for d in default)
+        return " ".join(str(d) for d in default) or "none"
     return "''" if default == "" else "%(default)s"
 
 
@@ -238,7 +249,7 @@ def parse_config(description: str, argv: list[str] | None = None) -> tuple[Confi
 
 
 # settings a resumed run may change: where and how it runs, not what it trains
-RUN_TIME_FIELDS = ("resume", "workers", "device", "out_dir", "run_name", "data", "snapshot_minutes")
+RUN_TIME_FIELDS = ("resume", "workers", "device", "out_dir", "run_name", "data", "unlabelled", "snapshot_minutes")
 
 
 def resumed_config(saved: Config, asked: Config, given: set[str]) -> Config:

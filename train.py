@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import distributed
@@ -32,6 +33,7 @@ from metrics import sequence_metrics, write_history
 from model import CNNModel
 from predict import run_inference
 from schedule import optimizer_and_schedule, replan, steps_that_fit
+from unlabelled import unlabelled_loader
 from utils import seed_everything, set_requires_grad
 
 BUDGET_TIMING = (10, 60)  # steps of a fresh run timed for --time-limit: after start-up, while the warm-up has barely begun
@@ -101,14 +103,25 @@ class Optimisation:
         self.scaler.load_state_dict(ckpt.get("scaler") or {})
 
 
-def train_step(net: nn.Module, opt: Optimisation, images, targets, config: Config, device, memory_format) -> tuple[float, int]:
+def train_step(
+    net: nn.Module, opt: Optimisation, images, targets, config: Config, device, memory_format, pseudo: tuple | None = None
+) -> tuple[float, int]:
     """One optimisation step of ``net`` (the model, or its DDP wrapper) on images (B, C, H, W)
-    and targets (B, max_len); returns (loss, sequences right)."""
+    and targets (B, max_len); returns (loss, sequences right). ``pseudo``: strong views
+    (M, C, H, W) and the teacher's pseudo-labels (M, max_len), learnt in the same forward
+    pass with weight ``config.unlabelled_weight``."""
+    n = len(images)
+    if pseudo is not None:
+        images = torch.cat([images, pseudo[0]])
     images = images.to(device, memory_format=memory_format, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
     with autocast(device, config.amp):
         logits, ctc_logits = net(images, with_ctc=True)
-    loss = recognition_loss(logits.float(), ctc_logits.float(), targets, config)
+    logits, ctc_logits = logits.float(), ctc_logits.float()
+    loss = recognition_loss(logits[:n], ctc_logits[:n], targets, config)
+    if pseudo is not None:
+        loss = loss + config.unlabelled_weight * recognition_loss(logits[n:], ctc_logits[n:], pseudo[1].to(device), config)
+    logits = logits[:n]
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(loss).backward()
     if config.grad_clip:
@@ -118,6 +131,25 @@ def train_step(net: nn.Module, opt: Optimisation, images, targets, config: Confi
     opt.scaler.update()
     opt.scheduler.step()
     return loss.item(), int((logits.argmax(-1) == targets).all(dim=1).sum())
+
+
+def make_teacher(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and batch-norm statistics
+    (``update_parameters`` after each step: teacher = decay * teacher + (1 - decay) * model),
+    in eval mode: it reads the unlabelled images and is validated beside the model."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True).eval()
+
+
+def pseudo_labels(teacher: nn.Module, weak: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's answers on weak views (N, C, H, W): (class ids (N, max_len), each ended
+    by the end/pad class as a label is, and which answers to learn (N,) bool: whole-sequence
+    confidence (the product of each position's top probability) at least ``threshold``,
+    and not empty)."""
+    with torch.no_grad():
+        probs = teacher(weak).float().softmax(-1)  # (N, max_len, K)
+    confidence, classes = probs.max(-1)
+    classes = classes.masked_fill((classes == LabelCodec.PAD).cumsum(1) > 0, LabelCodec.PAD)
+    return classes, (confidence.prod(-1) >= threshold) & (classes[:, 0] != LabelCodec.PAD)
 
 
 class TimeBudget:
@@ -191,9 +223,15 @@ class Trainer:
         self.steps = min(len(train_loader), config.max_steps or len(train_loader))
         optimizer, scheduler = optimizer_and_schedule(model, config, config.epochs * self.steps)
         self.opt = Optimisation(model, optimizer, scheduler, grad_scaler(self.device, config.amp))
+        self.ema = None  # the teacher: an exponential moving average of the weights
+        if config.unlabelled or config.ema:
+            self.ema = make_teacher(model, config.ema_decay)
+        self.unlabelled = unlabelled_loader(config, self.steps) if config.unlabelled else None
         self.start_epoch, self.best, self.history, self.partial = 0, -1.0, [], None
         if resume:
             self.opt.load_state_dicts(resume, config.resume)
+            if self.ema is not None:
+                self.ema.load_state_dict(resume["ema"])
             self.start_epoch, self.best, self.history = resume["epoch"] + 1, resume["best_metric"], resume["history"]
             self.partial = resume.get("partial")
         self.frozen_epochs = _pretrain_epochs(config)
@@ -239,12 +277,13 @@ class Trainer:
         torch.manual_seed(config.seed * 1000 + epoch)
         loader.generator.manual_seed(config.seed * 1000 + epoch)
         loader.sampler.set_epoch(epoch)
-        sums = {"loss": 0.0, "seen": 0, "correct": 0, "bad": 0, "seconds": 0.0, "step": 0}
+        sums = {"loss": 0.0, "seen": 0, "correct": 0, "bad": 0, "seconds": 0.0, "step": 0} | dict.fromkeys(UNLABELLED_SUMS, 0)
         if self.partial:
-            sums = {k: self.partial[k] for k in sums}
+            sums = {k: self.partial.get(k, v) for k, v in sums.items()}
             torch.set_rng_state(self.partial["rng"])
             self.partial = None
         loader.sampler.skip = sums["step"] * config.batch_size
+        unlabelled = self.unlabelled_batches(epoch, sums["step"])
         net = self.set_phase(frozen=epoch < self.frozen_epochs)
         bar = tqdm(
             loader, total=self.epoch_steps(epoch), initial=sums["step"], desc=self.label(epoch), unit="batch", leave=False,
@@ -254,8 +293,11 @@ class Trainer:
         for images, targets, n_bad in bar:
             sums["step"] += 1
             sums["bad"] += n_bad
+            pseudo = self.pseudo_batch(next(unlabelled), sums) if unlabelled else None
             if images is not None:
-                loss, correct = train_step(net, self.opt, images, targets, config, self.device, self.memory_format)
+                loss, correct = train_step(net, self.opt, images, targets, config, self.device, self.memory_format, pseudo)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.opt.model)
                 sums["loss"] += loss * len(images)
                 sums["seen"] += len(images)
                 sums["correct"] += correct
@@ -276,6 +318,32 @@ class Trainer:
         bar.close()
         return sums, time.perf_counter() - start
 
+    def unlabelled_batches(self, epoch: int, step: int):
+        """This epoch's unlabelled batches from step ``step`` on (None without --unlabelled)."""
+        if self.unlabelled is None:
+            return None
+        self.unlabelled.generator.manual_seed(self.config.seed * 1000 + epoch + 1)
+        self.unlabelled.sampler.set_epoch(epoch)
+        self.unlabelled.sampler.skip = step * self.unlabelled.batch_size
+        return iter(self.unlabelled)
+
+    def pseudo_batch(self, batch, sums: dict) -> tuple | None:
+        """The strong views whose weak view the teacher reads confidently, with its answers;
+        counts what passed (and, where the unlabelled rows carry labels, what was right)."""
+        weak, strong, labels, bad = batch
+        sums["u_bad"] += bad
+        if weak is None:
+            return None
+        weak = weak.to(self.device, memory_format=self.memory_format)
+        classes, keep = pseudo_labels(self.ema, weak, self.config.threshold)
+        sums["u_seen"] += len(weak)
+        sums["u_passed"] += int(keep.sum())
+        answers = [self.codec.decode(row) for row in classes[keep].cpu()]
+        known = [(a, lab) for a, lab in zip(answers, [lab for lab, k in zip(labels, keep.tolist()) if k]) if lab is not None]
+        sums["u_known"] += len(known)
+        sums["u_right"] += sum(a == lab for a, lab in known)
+        return (strong[keep.cpu()], classes[keep].cpu()) if keep.any() else None
+
     def validate(self, epoch: int, sums: dict, train_time: float) -> None:
         """Read the validation split, re-plan the time budget, print and record the epoch's
         row, and save best.pt (when better) and last.pt."""
@@ -285,15 +353,23 @@ class Trainer:
         if self.budget.active and scheduler.last_epoch < scheduler.total_steps:
             self.fit_to_deadline(train_time / sums["step"], time.perf_counter() - validation_start, first=False)
         metrics = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
-        row = _epoch_row(epoch, sums, metrics, train_time, self.opt.scheduler.get_last_lr()[0])
+        teacher = None
+        if self.ema is not None:
+            predictions, labels, _, _ = run_inference(self.ema.module, self.codec, self.loaders["val"], self.config.amp)
+            teacher = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
+        row = _epoch_row(epoch, sums, metrics, train_time, self.opt.scheduler.get_last_lr()[0], teacher)
         self.history.append(row)
         if self.main_rank:
             print(
                 f"{self.label(epoch)}  loss {row['train_loss']:.4f}  train acc {row['train_seq_acc']:.2%}  "
                 f"val acc {row['val_seq_acc']:.2%}  CER {row['val_cer']:.2%}  {row['img_per_s']:.0f} img/s  bad rows {row['bad_rows']}"
                 + ("  (backbone frozen)" if epoch < self.frozen_epochs else "")
+                + _semi_supervised_text(row)
             )
-        if metrics["seq_acc"] > self.best:
+        if teacher is not None and teacher["seq_acc"] > max(metrics["seq_acc"], self.best):
+            self.best = teacher["seq_acc"]
+            self.save("best.pt", epoch, model=self.ema.module.state_dict(), weights="teacher")
+        elif metrics["seq_acc"] > self.best:
             self.best = metrics["seq_acc"]
             self.save("best.pt", epoch)
         self.save("last.pt", epoch)
@@ -363,8 +439,11 @@ class Trainer:
             "history": list(self.history),
             "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "train_seconds": time.perf_counter() - self.run_start,
+            "best_metric": self.best,
         }
-        save_checkpoint(self.run_dir / name, **state, best_metric=self.best, **extra)
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        save_checkpoint(self.run_dir / name, **(state | extra))
 
 
 def train_model(
@@ -392,10 +471,20 @@ def train_model(
     return Trainer(config, loaders, started).run(stop_after_epochs, stop_after_steps)
 
 
-def _epoch_row(epoch: int, sums: dict, metrics: dict, train_time: float, lr: float) -> dict:
+UNLABELLED_SUMS = ("u_seen", "u_passed", "u_known", "u_right", "u_bad")
+
+
+def _epoch_row(epoch: int, sums: dict, metrics: dict, train_time: float, lr: float, teacher: dict | None = None) -> dict:
     """metrics.csv's row for ``epoch`` (0-based): the training sums of every process, and the
-    validation ``metrics`` (from sequence_metrics) of the whole split."""
+    validation ``metrics`` (from sequence_metrics) of the whole split, and of the teacher's."""
     loss_sum, seen, correct, bad = distributed.sum_all([sums["loss"], sums["seen"], sums["correct"], sums["bad"]])
+    u_seen, u_passed, u_known, u_right, u_bad = distributed.sum_all([sums[k] for k in UNLABELLED_SUMS])
+    extra = {}
+    if teacher is not None:
+        extra["teacher_val_seq_acc"] = round(teacher["seq_acc"], 5)
+    if u_seen:
+        extra |= {"unlabelled_passed": round(u_passed / u_seen, 5), "unlabelled_bad": int(u_bad)}
+        extra["pseudo_label_acc"] = round(u_right / u_known, 5) if u_known else None
     return {
         "epoch": epoch + 1,
         "train_loss": round(loss_sum / max(1, seen), 5),
@@ -405,7 +494,17 @@ def _epoch_row(epoch: int, sums: dict, metrics: dict, train_time: float, lr: flo
         "img_per_s": round(seen / train_time, 1),
         "bad_rows": int(bad),
         "lr": round(lr, 7),
-    }
+    } | extra
+
+
+def _semi_supervised_text(row: dict) -> str:
+    """The epoch line's teacher and unlabelled figures, where the run has them."""
+    text = f"  teacher val acc {row['teacher_val_seq_acc']:.2%}" if "teacher_val_seq_acc" in row else ""
+    if "unlabelled_passed" in row:
+        text += f"  unlabelled passed {row['unlabelled_passed']:.1%}"
+        if row["pseudo_label_acc"] is not None:
+            text += f" ({row['pseudo_label_acc']:.1%} right)"
+    return text
 
 
 def _check_replicas(model: nn.Module) -> None:
