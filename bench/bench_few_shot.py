@@ -1,86 +1,120 @@
-"""Few labelled captchas of a new style: training from scratch vs fine-tuning the
-generated-data model vs fine-tuning it on a mix of the small set and generated captchas,
-each with the same CPU time budget.
+"""Few labelled captchas of a new style, and as many unlabelled ones as a user can collect:
+each method gets the same CPU minutes (main.py --time-limit) and is scored on the same
+2,000 test captchas of that style.
 
     pip install -r requirements-bench.txt
-    python bench/bench_few_shot.py --base saved_models/<run>/best.pt --sizes 500 1000 5000 --minutes 3
+    python bench/bench_few_shot.py --base base/general.pt --style wheezy --sizes 1000 --unlabelled 20000 --minutes 30
 
-The new style is the `captcha` package's ImageCaptcha, or wheezy.captcha's with `--style
-wheezy` (bench/third_party_captchas.py); our generator makes neither. For each
-training-set size the three methods run main.py with the same number of optimisation
-steps (the budget divided by the measured time per step), then accuracy_calculator.py
-scores each on the same 2,000 test captchas.
+Methods, each started from --base except scratch:
+  scratch     the labelled captchas alone, from random weights
+  fine-tune   the labelled captchas
+  mix         the labelled captchas and --generated ones, half and half
+  semi        the labelled captchas plus N unlabelled ones (--unlabelled N ...): an EMA
+              teacher's confident answers on them are learnt on a strong view
+  ceiling     the labelled and the N unlabelled captchas, all with their labels
+
+The styles are third-party renderers our generator neither imitates nor samples from
+(bench/third_party_captchas.py).
 """
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from common import ROOT, accuracy_report, machine
 from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
 
-METHODS = ("scratch", "fine-tune", "mix")
+METHODS = ("scratch", "fine-tune", "mix", "semi", "ceiling")
 TRAIN_SHARE = 0.9  # of the labelled set; the rest validates
 
 
-def train(method: str, small: Path, generated: Path, base: str, steps: int, out: Path, batch: int, finetune_lr: float) -> Path:
-    """Run main.py for ``steps`` optimisation steps; returns the best checkpoint."""
-    rows = pq.read_metadata(small).num_rows
-    cmd = [sys.executable, str(ROOT / "main.py"), "--out-dir", str(out), "--run-name", method, "--batch-size", str(batch)]
+def train(cmd_tail: list[str], name: str, out: Path, minutes: float, batch: int, epochs: int) -> tuple[Path, float]:
+    """Run main.py for ``minutes`` (its --time-limit plans the schedule to fit); returns
+    (the best checkpoint, the minutes it took)."""
+    cmd = [sys.executable, str(ROOT / "main.py"), "--out-dir", str(out), "--run-name", name, "--batch-size", str(batch)]
     cmd += ["--split-ratios", f"{TRAIN_SHARE},{1 - TRAIN_SHARE:g},0", "--augment", "on", "--workers", "2"]
-    if method == "fine-tune":
-        cmd += ["--init-from", base, "--data", str(small), "--lr", str(finetune_lr)]
-    elif method == "mix":  # fine-tune on the small set and generated captchas half and half
-        cmd += ["--init-from", base, "--data", str(small), str(generated), "--mix", "0.5,0.5", "--lr", str(finetune_lr)]
-    else:
-        cmd += ["--data", str(small)]
-    per_epoch = max(1, int(rows * TRAIN_SHARE) // batch)  # a mix epoch is cut to the same length (--max-steps)
-    epochs = max(1, round(steps / per_epoch))
-    cmd += ["--epochs", str(epochs), "--max-steps", str(per_epoch), "--time-limit", "0"]  # the steps are the budget
+    cmd += ["--epochs", str(epochs), "--time-limit", f"{minutes:g}", *cmd_tail]
+    start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"{method} cell failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
-    return out / method / "best.pt"
+        raise RuntimeError(f"{name} cell failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
+    (out / name / "stdout.txt").write_text(done.stdout)
+    return out / name / "best.pt", (time.perf_counter() - start) / 60
+
+
+def concat(paths: list[Path], output: Path) -> Path:
+    pq.write_table(pa.concat_tables([pq.read_table(p, columns=["image", "text"]) for p in paths]), output)
+    return output
+
+
+def cells(a, labelled: Path, pools: dict[int, Path]) -> list[tuple[str, list[str]]]:
+    """(name, main.py arguments) of every cell for one labelled set."""
+    tune = ["--init-from", a.base, "--lr", str(a.finetune_lr)]
+    out = []
+    for method in a.methods:
+        if method == "scratch":
+            out.append(("scratch", ["--data", str(labelled)]))
+        elif method == "fine-tune":
+            out.append(("fine-tune", [*tune, "--data", str(labelled)]))
+        elif method == "mix":
+            out.append(("mix", [*tune, "--data", str(labelled), a.generated, "--mix", "0.5,0.5"]))
+        else:
+            for n, pool in pools.items():
+                if method == "semi":
+                    out.append((f"semi+{n}", [*tune, "--data", str(labelled), "--unlabelled", str(pool)]))
+                else:  # the same captchas, all labelled
+                    out.append((f"ceiling+{n}", [*tune, "--data", str(concat([labelled, pool], pool.with_name(f"all{n}.parquet")))]))
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--base", required=True, help="the generated-data checkpoint to fine-tune (python main.py)")
-    p.add_argument("--generated", default="data/generated.parquet", help="generated captchas for the mix")
-    p.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 5000], help="labelled training-set sizes")
+    p.add_argument("--base", required=True, help="the checkpoint to fine-tune")
+    p.add_argument("--generated", default="data/generated.parquet", help="generated captchas for the mix method")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000], help="labelled training-set sizes")
+    p.add_argument("--unlabelled", type=int, nargs="+", default=[20000], help="unlabelled pool sizes of the semi and ceiling methods")
     p.add_argument("--test", type=int, default=2000, help="test captchas of the new style")
-    p.add_argument("--minutes", type=float, default=3.0, help="training budget per cell")
-    p.add_argument("--images-per-s", type=float, default=210.0, help="measured training speed, to turn minutes into steps")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step")
-    p.add_argument("--finetune-lr", type=float, default=3e-3, help="peak learning rate of the fine-tune and mix cells (main.py's default)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="which methods to run")
-    p.add_argument("--style", choices=STYLES, default="imagecaptcha", help="the new style (third_party_captchas.py)")
+    p.add_argument("--minutes", type=float, default=30.0, help="CPU minutes per cell (main.py --time-limit)")
+    p.add_argument("--batch-size", type=int, default=32, help="labelled images per step")
+    p.add_argument("--epochs", type=int, default=1000, help="most epochs per cell: the time limit decides (lower it for smoke runs)")
+    p.add_argument("--finetune-lr", type=float, default=3e-3, help="peak learning rate of the fine-tuning methods")
+    p.add_argument("--methods", nargs="+", default=["fine-tune", "semi"], choices=METHODS, help="which methods to run")
+    p.add_argument("--style", choices=STYLES, default="wheezy", help="the new style (third_party_captchas.py)")
+    p.add_argument("--json", default=None, help="also write the rows here")
     a = p.parse_args()
-    steps = max(1, int(a.minutes * 60 * a.images_per_s / a.batch_size))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001, style=a.style)
+        pools = {n: write_third_party(n, tmp / f"pool{n}" / "pool.parquet", seed=5000 + n, style=a.style) for n in a.unlabelled}
         for size in a.sizes:
-            small = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size, style=a.style)
-            for method in a.methods:
-                start = time.perf_counter()
-                best = train(method, small, Path(a.generated), a.base, steps, tmp / f"runs{size}", a.batch_size, a.finetune_lr)
-                minutes = (time.perf_counter() - start) / 60
-                rows.append((size, method, minutes, accuracy_report(best, test, tmp / f"{size}-{method}.json")["case_sensitive"]))
-                print(f"{size} {method}: {rows[-1][3]['seq_acc']:.2%} in {minutes:.1f} min", flush=True)
-    print(f"\nmachine: {machine()}; {steps} steps of {a.batch_size} per cell, fine-tuning lr {a.finetune_lr:g}")
-    print(f"test: {a.test} {a.style} captchas\n")
-    print("| labelled images | method | minutes | seq acc | CER |")
-    print("|---|---|---|---|---|")
-    for size, method, minutes, r in rows:
-        print(f"| {size} | {method} | {minutes:.1f} | {r['seq_acc']:.2%} | {r['cer']:.2%} |")
+            labelled = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size, style=a.style)
+            for name, args in cells(a, labelled, pools):
+                best, minutes = train(args, name, tmp / f"runs{size}", a.minutes, a.batch_size, a.epochs)
+                report = accuracy_report(best, test, tmp / f"{size}-{name}.json")
+                rows.append({"labelled": size, "method": name, "minutes": round(minutes, 1)} | _figures(report))
+                print(json.dumps(rows[-1]), flush=True)
+    print(f"\nmachine: {machine()}; {a.minutes:g} minutes per cell, batch {a.batch_size}, fine-tuning lr {a.finetune_lr:g}")
+    print(f"base: {a.base}; test: {a.test} {a.style} captchas\n")
+    print("| labelled | method | minutes | seq acc (case-insensitive) | seq acc | CER (case-insensitive) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['labelled']} | {r['method']} | {r['minutes']} | {r['ci_seq_acc']:.2%} | {r['seq_acc']:.2%} | {r['ci_cer']:.2%} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+def _figures(report: dict) -> dict:
+    cs, ci = report["case_sensitive"], report["case_insensitive"]
+    return {"seq_acc": cs["seq_acc"], "cer": cs["cer"], "ci_seq_acc": ci["seq_acc"], "ci_cer": ci["cer"]}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Captchas of styles our generator does not make, written into the shared parquet schema:
-the `captcha` package's ImageCaptcha (150x50, the default) or wheezy.captcha's example
+the `captcha` package's ImageCaptcha (150x50, the default), wheezy.captcha's example
 recipe (200x60: warped, rotated and offset glyphs of mixed sizes, a curve, noise,
-smoothing; Debian's Liberation fonts unless --fonts is given). Both are on PyPI.
+smoothing; Debian's Liberation fonts unless --fonts is given) or multicolorcaptcha (256x144, four
+upper-case letters and digits in its own fonts, lines, circles and noise). All are on PyPI.
 
     pip install -r requirements-bench.txt
     python bench/third_party_captchas.py --count 2000 --output third_party.parquet --seed 1
@@ -42,7 +43,7 @@ class SeededSecrets:
         return self._rng.choice(seq)
 
 
-STYLES = ("imagecaptcha", "wheezy")
+STYLES = ("imagecaptcha", "wheezy", "multicolor")
 LIBERATION = (
     "/usr/share/fonts/truetype/liberation/LiberationSerif-Bold.ttf",
     "/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf",
@@ -80,20 +81,40 @@ def wheezy_renderer(seed: int, fonts: tuple[str, ...]):
     return render
 
 
+def multicolor_render(seed: int, index: int):
+    """multicolorcaptcha's smallest size at difficulty 2: (label, image); it picks its own
+    four characters (upper-case letters and digits)."""
+    from multicolorcaptcha import CaptchaGenerator
+
+    random.seed(f"{seed}-{index}")  # multicolorcaptcha draws from the random module
+    made = CaptchaGenerator(0).gen_captcha_image(difficult_level=2, chars_mode="ascii", multicolor=bool(index % 2))
+    return made.characters, made.image.convert("RGB")
+
+
 def write_third_party(
     count: int, output: str | Path, seed: int, style: str = "imagecaptcha", fonts: tuple[str, ...] = LIBERATION,
     min_len: int = 4, max_len: int = 8, charset: str = DEFAULT_CHARSET,
 ) -> Path:  # fmt: skip
-    """Write ``count`` captchas of ``style`` (imagecaptcha or wheezy), labels drawn like ours; deterministic per seed. Returns the path."""
+    """Write ``count`` captchas of ``style`` (one of STYLES), labels drawn like ours (multicolorcaptcha
+    picks its own four characters); deterministic per seed. Returns the path."""
     if style not in STYLES:
         raise ValueError(f"style {style!r}: choose one of {STYLES}")
-    render = image_captcha_renderer(seed) if style == "imagecaptcha" else wheezy_renderer(seed, fonts)
+    if style == "imagecaptcha":
+        render = image_captcha_renderer(seed)
+    elif style == "wheezy":
+        render = wheezy_renderer(seed, fonts)
+    else:
+        render = None
     rows = {"bytes": [], "path": [], "text": []}
     for index in tqdm(range(count), desc=f"{style} captchas", unit="img", leave=False):
         rng = np.random.default_rng([seed, index])
         label = generate_random_string(rng, charset, min_len, max_len)
+        if render is None:  # multicolorcaptcha picks its own characters
+            label, image = multicolor_render(seed, index)
+        else:
+            image = render(label, index)
         buf = io.BytesIO()
-        render(label, index).save(buf, "PNG")
+        image.save(buf, "PNG")
         rows["bytes"].append(buf.getvalue())
         rows["path"].append(f"tp-{index:08d}.png")
         rows["text"].append(TEXT_TEMPLATE.format(label))

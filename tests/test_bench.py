@@ -54,13 +54,13 @@ def test_third_party_captchas_are_in_the_shared_schema(tmp_path):
     from labels import parse_label
 
     fonts = ["--fonts", *default_fonts()[:2]]  # any TrueType files; Debian's Liberation fonts may be missing
-    for style, size in (("imagecaptcha", (150, 50)), ("wheezy", (200, 60))):
+    for style, size in (("imagecaptcha", (150, 50)), ("wheezy", (200, 60)), ("multicolor", (256, 144))):
         for name in ("tp.parquet", "again.parquet"):
             run("bench/third_party_captchas.py", "--style", style, *fonts, "--count", "5", "--output", str(tmp_path / name), "--seed", "3")
         table = pq.read_table(tmp_path / "tp.parquet")
         assert table.schema.equals(SCHEMA) and table.num_rows == 5
         assert table.equals(pq.read_table(tmp_path / "again.parquet"))  # a seed gives the same captchas
-        assert all(4 <= len(parse_label(t)) <= 8 for t in table["text"].to_pylist())
+        assert all(4 <= len(parse_label(t)) <= 8 and parse_label(t).isalnum() for t in table["text"].to_pylist())
         assert Image.open(io.BytesIO(table["image"][0].as_py()["bytes"])).size == size
 
 
@@ -76,9 +76,10 @@ def test_bench_few_shot_runs(tiny_parquet, tmp_path):
     base = train_model(config, load_data(config, LabelCodec(config.model.charset, config.model.max_len))) / "best.pt"
     out = run(
         "bench/bench_few_shot.py", "--base", str(base), "--generated", str(tiny_parquet), "--sizes", "30", "--test", "10",
-        "--minutes", "0.01", "--batch-size", "8",
+        "--unlabelled", "20", "--methods", "semi", "ceiling", "--minutes", "0.01", "--epochs", "1", "--batch-size", "8",
+        "--style", "imagecaptcha",
     )  # fmt: skip
-    for method in ("scratch", "fine-tune", "mix"):
+    for method in ("semi+20", "ceiling+20"):
         assert f"| 30 | {method} |" in out
 
 
