@@ -66,7 +66,8 @@ def test_the_strong_view_changes_pixels_but_never_the_label(tiny_parquet, tiny_c
     torch.manual_seed(0)
     weak, strong, labels, bad = dataset.__getitems__(list(range(16)))
     assert bad == 0 and weak.shape == strong.shape == (16, 3, 32, 96)
-    assert (weak - strong).abs().flatten(1).mean(1).min() > 0.01  # every strong view differs from its weak view
+    changed = (weak - strong).abs().flatten(1).mean(1) > 0.01  # RandAugment may draw identity twice: rarely unchanged
+    assert changed.sum() >= 14
     truth = [parse_label(t) for t in pq.read_table(tiny_parquet, columns=["text"])["text"].to_pylist()[:16]]
     assert labels == truth
 
