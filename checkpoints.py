@@ -17,12 +17,24 @@ from atomic import atomic_write
 from config import LEGACY_MODEL_SETTINGS, Config
 
 CHECKPOINT_VERSION = 1
+# the general base that ships with the project (pretrained/README.md): read with when
+# saved_models/ holds nothing, and started from by semi-supervised runs given no --init-from
+SHIPPED = Path(__file__).resolve().parent / "pretrained" / "general.pt"
+WEIGHTS_ONLY_KEYS = ("model", "config", "charset", "temperature", "best_metric", "epoch", "history", "saved_at", "train_seconds")
 
 
 def save_checkpoint(path: Path, **state) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
     with atomic_write(path) as tmp:
         torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
+
+
+def save_weights_only(source: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """A small copy of checkpoint ``source`` for shipping: the weights, the configuration,
+    the calibration and the history, without the optimiser's state."""
+    ckpt = load_checkpoint(source)
+    save_checkpoint(Path(output), **{k: ckpt[k] for k in WEIGHTS_ONLY_KEYS if k in ckpt})
+    return Path(output)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -15,11 +15,12 @@ class LabelCodec:
 
     PAD = 0
 
-    def __init__(self, charset: str, max_len: int):
+    def __init__(self, charset: str, max_len: int, min_len: int = 1):
         if len(set(charset)) != len(charset):
             raise ValueError(f"charset has repeated characters: {charset!r}")
         self.charset = charset
         self.max_len = max_len
+        self.min_len = min_len  # predictions never end before it (predict.predict_batch)
         self.index = {ch: i + 1 for i, ch in enumerate(charset)}
 
     @property

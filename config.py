@@ -32,6 +32,7 @@ class ModelConfig:
 
     charset: str = option(DEFAULT_CHARSET, "characters the model reads (case-sensitive)")
     max_len: int = option(8, "longest label the model can output")
+    min_len: int = option(0, "shortest answer it gives: reading never ends before it (0: the shortest training label)")
     img_height: int = option(40, "model input height; images keep their aspect ratio and are padded")
     img_width: int = option(128, "model input width")
     channels: int = option(3, "input channels: 3 (RGB) or 1 (grayscale)")
@@ -57,7 +58,7 @@ class ModelConfig:
 REGULARISATION_FIELDS = ("dropout", "drop_connect")
 
 # model settings added after checkpoints were first written, with the value that rebuilds those older files
-LEGACY_MODEL_SETTINGS = {"conv_head": True}
+LEGACY_MODEL_SETTINGS = {"conv_head": True, "min_len": 1}
 
 
 @dataclass
@@ -170,11 +171,12 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
 def finetune_config(base: Config, asked: Config, given: set[str]) -> Config:
     """``asked`` with the model of the checkpoint's config ``base``: its shape always, its
     regularisation unless given, its charset extended by any characters of ``asked``'s
-    that it lacks when --charset is ``given`` (the names of the flags on the command line)."""
+    that it lacks when --charset is ``given`` (the names of the flags on the command line);
+    the shortest answer is the fine-tune's own (by default its shortest training label)."""
     wanted = asked.model.charset if "charset" in given else ""
     grown = base.model.charset + "".join(dict.fromkeys(c for c in wanted if c not in base.model.charset))
     own = {name: getattr(asked.model, name) for name in REGULARISATION_FIELDS if name in given}
-    return replace(asked, model=replace(base.model, charset=grown, **own))
+    return replace(asked, model=replace(base.model, charset=grown, min_len=asked.model.min_len, **own))
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -23,6 +23,16 @@ from utils import add_model_flags, recognizer_from_args
 MAX_UPLOAD = "2mb"
 
 
+def confidence_colour(confidence: float) -> str:
+    """Red at 0, amber at 0.5, green at 1: a per-character confidence reads as good when high."""
+    red, green = (min(1.0, 2 * (1 - confidence)), min(1.0, 2 * confidence))
+    return f"#{round(220 * red):02x}{round(180 * green):02x}40"
+
+
+# the demo shows each character's confidence as a label "0.00" ... "1.00"; gradio colours labels by this map
+CONFIDENCE_COLOURS = {f"{v / 100:.2f}": confidence_colour(v / 100) for v in range(101)}
+
+
 def model_card(ckpt: dict) -> str:
     """One Markdown line about the model: a checkpoint dict or load_onnx's info dict."""
     acc = ckpt.get("best_metric")
@@ -105,7 +115,7 @@ def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
                 with gr.Column():
                     text = gr.Textbox(label="Prediction", elem_id="prediction")
                     confidence = gr.Number(label="Whole-sequence confidence", elem_id="confidence")
-                    chars = gr.HighlightedText(label="Per-character confidence")
+                    chars = gr.HighlightedText(label="Per-character confidence", color_map=CONFIDENCE_COLOURS, show_legend=False)
                     view = gr.Image(label="What the model sees (padded and resized)", interactive=False)
             gr.Examples(make_examples(Path(tempfile.mkdtemp(prefix="captcha_examples_"))), inputs=image)
             image.change(recognizer.detect_captcha, image, [text, confidence, chars, view], api_name="detect_captcha")

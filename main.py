@@ -7,12 +7,13 @@ torchrun --standalone --nproc_per_node=2 main.py --data data/   # data-parallel,
 """
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import distributed
 from calibration import calibrate_checkpoint
 from captcha_generator import CaptchaStyle, generate_captcha_data
-from checkpoints import config_from_checkpoint, load_checkpoint
+from checkpoints import SHIPPED, config_from_checkpoint, load_checkpoint
 from codec import LabelCodec
 from config import Config, finetune_config, parse_config, resumed_config
 from data_loader import load_data
@@ -36,6 +37,9 @@ def run(config: Config, given: set[str], started: float) -> None:
     """Check the command line against the checkpoint it resumes or fine-tunes, load the data
     (generating captchas into an empty data/), train, then calibrate and draw the predictions."""
     say = print if distributed.is_main() else lambda *_: None
+    if config.unlabelled and not (config.init_from or config.resume) and SHIPPED.is_file():
+        say(f"note: semi-supervised training starts from the shipped general base {SHIPPED} (--init-from to choose another)")
+        config = replace(config, init_from=str(SHIPPED))
     try:
         if config.resume:
             config = resumed_config(config_from_checkpoint(load_checkpoint(config.resume)), config, given)

@@ -147,7 +147,8 @@ def load_onnx(path: str | os.PathLike, threads: int = 0) -> tuple[OnnxModel, Lab
         raise ValueError(f"{path}: no 'config' metadata; export it with export_onnx.py")
     config = config_from_checkpoint({"config": json.loads(meta["config"])})
     info = json.loads(meta.get("source", "{}")) | {"path": str(path)}
-    return model, LabelCodec(config.model.charset, config.model.max_len), config, info
+    m = config.model
+    return model, LabelCodec(m.charset, m.max_len, m.min_len), config, info
 
 
 def quantize_onnx(source: str | os.PathLike, output: str | os.PathLike) -> Path:

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +25,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import distributed
-from checkpoints import check_output_dir, init_from_checkpoint, load_checkpoint, load_pretrained_backbone, load_weights, save_checkpoint
+from checkpoints import (
+    check_output_dir,
+    config_from_checkpoint,
+    init_from_checkpoint,
+    load_checkpoint,
+    load_pretrained_backbone,
+    load_weights,
+    save_checkpoint,
+)
 from codec import LabelCodec
 from config import Config
 from device import autocast, get_device, grad_scaler
@@ -209,16 +217,20 @@ class Trainer:
     """One training run: its model and optimiser, its run folder, and where it stands."""
 
     def __init__(self, config: Config, loaders: dict, started: float | None = None):
-        self.config, self.loaders = config, loaders
+        resume = load_checkpoint(config.resume) if config.resume else None
         self.device = get_device(config.device)
         if self.device.type == "cuda" and distributed.active():
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.main_rank = distributed.is_main()
-        self.codec = LabelCodec(config.model.charset, config.model.max_len)
-        resume = load_checkpoint(config.resume) if config.resume else None
         run_name = config.run_name or distributed.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
         self.run_dir = Path(config.resume).parent if resume else Path(config.out_dir) / run_name
         model, self.memory_format = prepare_model(config, self.device, self.run_dir, fresh=resume is None)
+        if not config.model.min_len:  # answers never shorter than the shortest training label (a resumed run's: its own)
+            labels = loaders["train"].dataset.labels
+            shortest = config_from_checkpoint(resume).model.min_len if resume else min(len(label) for label in labels)
+            config = replace(config, model=replace(config.model, min_len=shortest))
+        self.config, self.loaders = config, loaders
+        self.codec = LabelCodec(config.model.charset, config.model.max_len, config.model.min_len)  # validation reads as users will
         train_loader = loaders["train"]
         self.steps = min(len(train_loader), config.max_steps or len(train_loader))
         optimizer, scheduler = optimizer_and_schedule(model, config, config.epochs * self.steps)

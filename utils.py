@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from checkpoints import config_from_checkpoint, find_latest_checkpoint, load_checkpoint, load_weights
+from checkpoints import SHIPPED, config_from_checkpoint, find_latest_checkpoint, load_checkpoint, load_weights
 from codec import LabelCodec
 from device import get_device
 from model import CNNModel
@@ -34,7 +34,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
 
     Returns (model in eval mode on ``device``, codec, config, checkpoint dict).
     """
-    path = Path(path) if path else find_latest_checkpoint(out_dir)
+    path = Path(path) if path else newest_or_shipped(out_dir)
     ckpt = load_checkpoint(path)
     config = config_from_checkpoint(ckpt)
     m = config.model
@@ -43,7 +43,18 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     model.temperature = float(ckpt.get("temperature", 1.0))  # calibration.py; absent before calibration
     model.to(get_device(device)).eval()
     ckpt["path"] = str(path)
-    return model, LabelCodec(m.charset, m.max_len), config, ckpt
+    return model, LabelCodec(m.charset, m.max_len, m.min_len), config, ckpt
+
+
+def newest_or_shipped(out_dir: str = "saved_models") -> Path:
+    """The newest checkpoint in ``out_dir``, else the shipped general base (said in one line)."""
+    try:
+        return find_latest_checkpoint(out_dir)
+    except FileNotFoundError:
+        if not SHIPPED.is_file():
+            raise
+        print(f"note: no checkpoint in {out_dir}/ yet: reading with the shipped general base {os.path.relpath(SHIPPED)}")
+        return SHIPPED
 
 
 def load_recognizer(checkpoint: str | None = None, onnx: str | None = None, device: str | torch.device = "cpu"):

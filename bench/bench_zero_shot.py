@@ -37,7 +37,8 @@ def peers() -> dict:
     try:
         from captcha_whisperer import CaptchaRecognizer
 
-        readers["captcha-whisperer 0.1.0"] = CaptchaRecognizer().recognize_bytes
+        whisperer = CaptchaRecognizer()
+        readers["captcha-whisperer 0.1.0"] = lambda data: whisperer.recognize_bytes(data)["text"]
     except ImportError:
         print("captcha-whisperer not installed (pip install -r requirements-bench.txt): skipped")
     return readers

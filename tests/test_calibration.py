@@ -42,7 +42,9 @@ def test_calibration_is_stored_and_changes_confidences_not_answers(calibrated, t
     calibrated_predictions, raw_predictions = predict_captcha(model, codec, images), predict_captcha(raw, codec, images)
     assert [p.text for p in calibrated_predictions] == [p.text for p in raw_predictions]
     probs = (collect_logits(model, [(images, torch.zeros(16, config.model.max_len, dtype=torch.long), 0)])[0] / temperature).softmax(-1)
-    expected = probs.max(-1).values.prod(-1)
+    choice = probs.clone()
+    choice[:, : codec.min_len, 0] = -1.0  # answers never end before min_len
+    expected = probs.gather(-1, choice.argmax(-1, keepdim=True)).squeeze(-1).prod(-1)
     assert torch.allclose(torch.tensor([p.confidence for p in calibrated_predictions]), expected, atol=1e-5)
 
 

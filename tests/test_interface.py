@@ -156,15 +156,26 @@ def test_many_images_give_a_table(server, captcha_file, tmp_path):
     assert str(rows[1][2]).startswith("error: Not a readable image")
 
 
-def test_no_checkpoint_page_says_how_to_train(tmp_path):
+def test_without_a_trained_model_the_demo_serves_the_shipped_base(tmp_path):
     proc, url = start_server([], tmp_path)
+    try:
+        config = urllib.request.urlopen(url + "config").read().decode()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "reading with the shipped general base" in out and "Traceback" not in out
+    assert "pretrained/general.pt" in config
+
+
+def test_a_missing_checkpoint_page_says_what_is_wrong(tmp_path):
+    proc, url = start_server(["--checkpoint", "missing.pt"], tmp_path)
     try:
         page = urllib.request.urlopen(url).read().decode()
         config = urllib.request.urlopen(url + "config").read().decode()
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-    assert "train one with `python main.py`" in out and "Traceback" not in out
+    assert "missing.pt: no such checkpoint file" in out and "Traceback" not in out
     assert "No model to serve yet" in config and "<html" in page.lower()
 
 
@@ -186,3 +197,15 @@ def test_browser_upload_shows_prediction_and_errors(server, tiny_checkpoint, cap
         page.locator("input[type=file]").first.set_input_files(str(write(tmp_path, "notes.png", raw=b"plain text, not an image")))
         expect(page.get_by_text("Not a readable image").first).to_be_visible(timeout=30000)
         browser.close()
+
+
+def test_per_character_confidence_is_green_when_high_and_red_when_low():
+    from interface import CONFIDENCE_COLOURS
+
+    def rgb(label):
+        colour = CONFIDENCE_COLOURS[label]
+        return int(colour[1:3], 16), int(colour[3:5], 16)
+
+    (r1, g1), (r0, g0), (rh, gh) = rgb("1.00"), rgb("0.00"), rgb("0.97")
+    assert g1 > 3 * r1 and r0 > 3 * g0 and gh > rh  # 0.97 and 1.00 both read as good
+    assert len(CONFIDENCE_COLOURS) == 101

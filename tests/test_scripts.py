@@ -102,7 +102,11 @@ def test_tta_answers_from_the_logits_averaged_over_shifted_copies(tiny_checkpoin
     images = torch.stack([preprocess_image(r["image"]["bytes"], config) for r in table])
     with torch.no_grad():
         logits = torch.stack([model(shift_right(images, dx)) for dx in TTA_SHIFTS]).mean(0)
-    conf, ids = (logits / model.temperature).softmax(-1).max(-1)
+    probs = (logits / model.temperature).softmax(-1)
+    choice = probs.clone()
+    choice[:, : codec.min_len, 0] = -1.0  # the answer never ends before the shortest training label
+    ids = choice.argmax(-1)
+    conf = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     tta = predict_captcha(model, codec, images, shifts=TTA_SHIFTS)
     assert [p.text for p in tta] == [codec.decode(row) for row in ids.tolist()]
     assert all(abs(p.confidence - c) < 1e-5 for p, c in zip(tta, conf.prod(-1).tolist()))
@@ -131,15 +135,25 @@ def test_test_py_reports_bad_files_and_goes_on(tiny_checkpoint, tiny_parquet, tm
     assert [r["file"] for r in csv.DictReader(open(tmp_path / "p.csv"))] == [str(folder / "blank.png"), str(folder / "gray.png")]
 
 
-def test_scripts_without_a_checkpoint_say_how_to_train(tmp_path):
-    for script in ("test.py", "accuracy_calculator.py"):
-        result = subprocess.run(
-            [sys.executable, str(ROOT / script), "--parquet", "x.parquet"], cwd=tmp_path, capture_output=True, text=True
-        )
-        if script == "accuracy_calculator.py":
-            result = subprocess.run([sys.executable, str(ROOT / script)], cwd=tmp_path, capture_output=True, text=True)
+def test_scripts_without_a_trained_model_read_with_the_shipped_base(tiny_parquet, tmp_path):
+    out = run("test.py", "--parquet", str(tiny_parquet), "--rows", "4", "--grid", "", cwd=tmp_path).stdout
+    assert "reading with the shipped general base" in out and "model: " in out and "pretrained/general.pt" in out
+
+
+def test_a_missing_checkpoint_is_named_without_a_traceback(tmp_path):
+    for script, args in (("test.py", ["--parquet", "x.parquet"]), ("accuracy_calculator.py", [])):
+        cmd = [sys.executable, str(ROOT / script), "--checkpoint", "missing.pt", *args]
+        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode != 0
-        assert "train one with `python main.py`" in result.stderr and "Traceback" not in result.stderr
+        assert "missing.pt: no such checkpoint file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_with_no_model_at_all_the_message_says_how_to_train(tmp_path, monkeypatch):
+    import utils
+
+    monkeypatch.setattr(utils, "SHIPPED", tmp_path / "absent.pt")
+    with pytest.raises(FileNotFoundError, match="train one with `python main.py`"):
+        utils.load_model(out_dir=str(tmp_path))
 
 
 def test_predict_images_keeps_order_across_batches_and_marks_unreadable_items(tiny_checkpoint, tiny_parquet):
@@ -153,3 +167,33 @@ def test_predict_images_keeps_order_across_batches_and_marks_unreadable_items(ti
     assert [p.text for p, _ in good] == [p.text for p in at_once]
     assert [p.confidence for p, _ in good] == pytest.approx([p.confidence for p in at_once], abs=1e-5)
     assert all(torch.equal(t, preprocess_image(b, config)) for (_, t), b in zip(good, blobs))
+
+
+class SaysEmpty(torch.nn.Module):
+    """A model sure that every captcha is empty: at each position the end class at 0.92, "b" at 0.05."""
+
+    temperature = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, images):
+        logits = torch.zeros(len(images), 5, 4)
+        logits[:, :, 0] = 4.0  # end/pad
+        logits[:, :, 2] = 1.0  # "b"
+        return logits * self.scale
+
+
+@pytest.mark.parametrize("min_len", [1, 3])
+def test_an_answer_is_never_empty_nor_shorter_than_trained_and_its_confidence_says_so(min_len):
+    from codec import LabelCodec
+
+    (pred,) = predict_captcha(SaysEmpty(), LabelCodec("abc", 5, min_len), torch.zeros(1, 3, 8, 8))
+    assert pred.text == "b" * min_len
+    assert pred.confidence < 0.1**min_len and all(c < 0.1 for c in pred.char_confidences)
+
+
+def test_main_sets_the_shortest_answer_from_the_training_labels(tiny_checkpoint):
+    _, codec, config, _ = load_model(tiny_checkpoint)
+    assert config.model.min_len == codec.min_len == 2  # tiny_parquet's labels are 2-3 characters long (--min-len 0: from the labels)
