@@ -148,16 +148,22 @@ def make_teacher(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True).eval()
 
 
-def pseudo_labels(teacher: nn.Module, weak: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(teacher: nn.Module, weak: torch.Tensor, threshold: float, smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's answers on weak views (N, C, H, W): (class ids (N, max_len), each ended
     by the end/pad class as a label is, and which answers to learn (N,) bool: whole-sequence
-    confidence (the product of each position's top probability) at least ``threshold``,
-    and not empty)."""
+    confidence at least ``threshold``, and not empty).
+
+    The confidence is the product over positions of each top probability divided by the
+    highest one that label ``smoothing`` trains towards (1 - s + s / K): a model trained
+    with smoothing 0.05 never puts more than 0.95 on a class, so the raw product over 8
+    positions could not pass 0.66, and no pseudo-label would ever be learnt."""
     with torch.no_grad():
         probs = teacher(weak).float().softmax(-1)  # (N, max_len, K)
     confidence, classes = probs.max(-1)
+    ceiling = 1.0 - smoothing + smoothing / probs.shape[-1]
     classes = classes.masked_fill((classes == LabelCodec.PAD).cumsum(1) > 0, LabelCodec.PAD)
-    return classes, (confidence.prod(-1) >= threshold) & (classes[:, 0] != LabelCodec.PAD)
+    sure = (confidence / ceiling).clamp(max=1.0).prod(-1) >= threshold
+    return classes, sure & (classes[:, 0] != LabelCodec.PAD)
 
 
 class TimeBudget:
@@ -347,7 +353,7 @@ class Trainer:
         if weak is None:
             return None
         weak = weak.to(self.device, memory_format=self.memory_format)
-        classes, keep = pseudo_labels(self.ema, weak, self.config.threshold)
+        classes, keep = pseudo_labels(self.ema, weak, self.config.threshold, self.config.label_smoothing)
         sums["u_seen"] += len(weak)
         sums["u_passed"] += int(keep.sum())
         answers = [self.codec.decode(row) for row in classes[keep].cpu()]

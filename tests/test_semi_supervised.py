@@ -47,6 +47,15 @@ def test_pseudo_labels_pass_only_above_the_threshold_and_end_like_labels():
     assert everything.tolist() == [True, True, False, True]  # an empty answer is never learnt
 
 
+def test_a_teacher_trained_with_label_smoothing_can_pass_the_threshold():
+    """Smoothing 0.05 over 5 classes trains each position towards 0.96 at most: 3 positions
+    at that ceiling are a sure answer (0.88 raw), not one below a 0.95 threshold."""
+    smoothed = torch.log(torch.tensor([[0.01, 0.96, 0.01, 0.01, 0.01], [0.01, 0.01, 0.96, 0.01, 0.01], [0.96, 0.01, 0.01, 0.01, 0.01]]))
+    teacher = FixedTeacher(smoothed.unsqueeze(0))
+    assert not pseudo_labels(teacher, torch.zeros(1, 3, 8, 8), threshold=0.95)[1].item()
+    assert pseudo_labels(teacher, torch.zeros(1, 3, 8, 8), threshold=0.95, smoothing=0.05)[1].item()
+
+
 def test_the_teacher_is_an_exponential_moving_average_of_the_weights():
     model = torch.nn.Linear(3, 2)
     teacher = make_teacher(model, decay=0.9)
