@@ -86,7 +86,9 @@ class Config:
     threshold: float = option(0.95, "whole-sequence confidence the teacher needs for its answer to be learnt")
     unlabelled_weight: float = option(1.0, "weight of the loss on the unlabelled images")
     ema: bool = option(False, "keep the EMA teacher in a supervised run too; best.pt takes whichever of model and teacher validates better")
-    ema_decay: float = option(0.999, "decay of the teacher, an exponential moving average of the weights")
+    ema_decay: float = option(
+        0.99, "decay of the teacher, an exponential moving average of the weights (0.999 lagged far behind in 1,000-step fine-tunes)"
+    )
     strong_ops: int = option(2, "RandAugment operations of the strong (student's) view")
     strong_magnitude: int = option(10, "RandAugment magnitude of the strong view (0-30)")
     # model and input
