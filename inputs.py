@@ -28,6 +28,14 @@ def find_parquet_files(paths: list[str]) -> list[Path]:
     return sorted(found)
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix), sorted."""
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def decode_image(data: bytes, channels: int = 3) -> Image.Image:
     """Encoded bytes -> PIL image in the model's colour mode ("RGB" or "L").
 

@@ -15,13 +15,11 @@ from pathlib import Path
 import torch
 
 from config import HelpFormatter
-from inputs import open_parquet
+from inputs import image_files, open_parquet
 from labels import parse_label
 from predict import add_tta_flag, predict_images
 from utils import add_model_flags, recognizer_from_args
 from visualize import show_all_images_with_predictions
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 @dataclasses.dataclass
@@ -36,7 +34,7 @@ def collect_examples(paths: list[str], parquet: str | None, rows: int) -> list[E
     examples = []
     for p in paths:
         path = Path(p)
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        files = image_files(path) if path.is_dir() else [path]
         examples += [Example(str(f), f) for f in files]
     if parquet:
         table = open_parquet(parquet).iter_batches(batch_size=rows, columns=["image", "text"])

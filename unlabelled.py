@@ -18,16 +18,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 import distributed
 from captcha_generator import elastic_transform
 from config import Config
-from data_loader import SquarePadAndResize, image_pixels
+from data_loader import SquarePadAndResize, _lower_priority, as_batch, image_pixels
 from image_store import ImageStore, build_cache, read_cache
-from inputs import decode_image, find_parquet_files
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` (by suffix), sorted."""
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+from inputs import decode_image, find_parquet_files, image_files
 
 
 class UnlabelledImages:
@@ -130,15 +123,9 @@ class EndlessSampler(Sampler):
         return self.per_epoch - self.skip
 
 
-def as_batch(batch):
-    return batch
-
-
 def unlabelled_loader(config: Config, steps_per_epoch: int, cache_dir: Path | None = None) -> DataLoader:
     """The unlabelled stream: ``config.mu * config.batch_size`` images per step, for
     ``steps_per_epoch`` steps of every epoch (``loader.sampler`` moves with set_epoch and skip)."""
-    from data_loader import _lower_priority
-
     images = UnlabelledImages(config.unlabelled, cache_dir)
     batch = config.mu * config.batch_size
     sampler = EndlessSampler(len(images), steps_per_epoch * batch, config.seed)
