@@ -67,7 +67,9 @@ def print_report(report: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_flags(p)
-    p.add_argument("--data", nargs="+", default=None, help="parquet files/folders (default: the checkpoint's training data)")
+    p.add_argument("--data", nargs="+", default=None, help="parquet files, folders of them or of images (default: the training data)")
+    p.add_argument("--labels", default=None, help="CSV/TSV of file,label for image folders in --data (default: the checkpoint's)")
+    p.add_argument("--label-pattern", default=None, help="regular expression of the label in a file name (default: the checkpoint's)")
     p.add_argument("--split", default=None, choices=[*SPLITS, "all"], help="rows to evaluate (default: test; all with --data)")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -82,6 +84,10 @@ def main() -> None:
     config = dataclasses.replace(config, batch_size=a.batch_size, workers=a.workers, limit=a.limit)
     if a.data:
         config = dataclasses.replace(config, data=a.data, mix="")
+    if a.labels is not None:
+        config = dataclasses.replace(config, labels=a.labels)
+    if a.label_pattern is not None:
+        config = dataclasses.replace(config, label_pattern=a.label_pattern)
     loader, skipped = evaluation_loader(config, codec, splits)
     predictions, labels, confidences, seconds = run_inference(model, codec, loader, progress=True, shifts=a.shifts)
     report = full_report(predictions, labels, confidences) | {

@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-from tqdm import tqdm
 
 from atomic import atomic_write
 from config import HelpFormatter, add_dataclass_args, dataclass_from_args, option
 from labels import DEFAULT_CHARSET
 from parallel import ordered_map
+from progress import progress_bar
 
 SCHEMA = pa.schema(
     [
@@ -317,7 +317,11 @@ def generate_captcha_data(
     workers = workers or os.cpu_count() or 1
     chunks = ((seed, start, min(start + row_group, count), style) for start in range(0, count, row_group))
     schema = LOOK_SCHEMA if style.mixed else SCHEMA
-    with atomic_write(output) as tmp, pq.ParquetWriter(tmp, schema) as writer, tqdm(total=count, unit="img", desc="generating") as bar:
+    with (
+        atomic_write(output) as tmp,
+        pq.ParquetWriter(tmp, schema) as writer,
+        progress_bar(total=count, unit="img", desc="generating") as bar,
+    ):
         for rows in ordered_map(render_rows, chunks, workers):
             writer.write_table(_to_table(rows))
             bar.update(len(rows))

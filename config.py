@@ -10,7 +10,7 @@ import argparse
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 
-from labels import DEFAULT_CHARSET
+from labels import DEFAULT_CHARSET, DEFAULT_LABEL_PATTERN
 
 CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 DEFAULT_WORKERS = min(CPU_CORES, 12)
@@ -30,7 +30,10 @@ def list_option(default: list, help: str):
 class ModelConfig:
     """Everything CNNModel is built from (nanoGPT's GPTConfig): what it reads and its shape."""
 
-    charset: str = option(DEFAULT_CHARSET, "characters the model reads (case-sensitive)")
+    charset: str = option(DEFAULT_CHARSET, "characters the model reads (case-sensitive unless --ignore-case)")
+    ignore_case: bool = option(
+        False, "read labels lower-cased: the charset folds to one class per letter (for sites that accept either case)"
+    )
     max_len: int = option(8, "longest label the model can output")
     min_len: int = option(0, "shortest answer it gives: reading never ends before it (0: the shortest training label)")
     img_height: int = option(40, "model input height; images keep their aspect ratio and are padded")
@@ -48,6 +51,10 @@ class ModelConfig:
     dropout: float = option(0.1, "dropout in the heads")
     drop_connect: float = option(0.0, "EfficientNet stochastic-depth rate (its own default is 0.2)")
 
+    def __post_init__(self):
+        if self.ignore_case:
+            self.charset = "".join(dict.fromkeys(self.charset.lower()))
+
     @property
     def num_classes(self) -> int:
         """The end/pad class (index 0) plus one class per character."""
@@ -64,7 +71,9 @@ LEGACY_MODEL_SETTINGS = {"conv_head": True, "min_len": 1}
 @dataclass
 class Config:
     # data
-    data: list[str] = list_option(["data"], "parquet files, folders or globs")
+    data: list[str] = list_option(["data"], "parquet files, folders (of parquet files or of image files) or globs")
+    labels: str = option("", "CSV/TSV of file,label for the image folders in --data (default: labels from the file names)")
+    label_pattern: str = option(DEFAULT_LABEL_PATTERN, "regular expression whose first group is the label in an image file's name")
     split_ratios: str = option(DEFAULT_SPLIT_RATIOS, "train,val,test ratios when the data has no split column")
     limit: int = option(0, "use at most this many rows of each split (0: all); for smoke runs")
     default_count: int = option(50000, "captchas generated into data/ when it holds no parquet file")
@@ -83,7 +92,12 @@ class Config:
         [], "unlabelled captchas: parquet files or folders of image files; the student learns the teacher's confident answers"
     )
     mu: int = option(2, "unlabelled images per labelled image in each step")
-    threshold: float = option(0.95, "whole-sequence confidence the teacher needs for its answer to be learnt")
+    threshold: float = option(0.95, "confidence the teacher needs for its answer to be learnt (see --gate)")
+    gate: str = option(
+        "character",
+        "'character': learn each position the teacher reads with at least --threshold; 'sequence': only whole answers that clear it",
+        choices=("character", "sequence"),
+    )
     unlabelled_weight: float = option(1.0, "weight of the loss on the unlabelled images")
     ema: bool = option(False, "keep the EMA teacher in a supervised run too; best.pt takes whichever of model and teacher validates better")
     ema_decay: float = option(

@@ -19,8 +19,9 @@ import distributed
 from codec import LabelCodec
 from config import Config
 from device import get_device
+from image_folders import find_datasets
 from image_store import ImageStore, build_cache, read_cache
-from inputs import decode_image, find_parquet_files, to_model_mode
+from inputs import decode_image, to_model_mode
 from labels import SPLITS, label_problem, split_for
 
 
@@ -145,16 +146,19 @@ def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
     (file, row, source), labels)}, skipped counts by reason).
     """
     sources = [[entry] for entry in config.data] if config.mix_weights else [config.data]
-    files = [(path, source) for source, entries in enumerate(sources) for path in find_parquet_files(entries)]
+    files = [
+        (path, source) for source, entries in enumerate(sources) for path in find_datasets(entries, config.labels, config.label_pattern)
+    ]
     missing = [entries for source, entries in enumerate(sources) if all(s != source for _, s in files)]
     if missing:
-        raise FileNotFoundError(f"no parquet files found in {missing[0]}")
+        raise FileNotFoundError(f"no parquet or image files found in {missing[0]}")
     metas = [build_cache(path, cache_dir or path.parent / ".cache") for path, _ in files]
     tables = [read_cache(meta) for meta in metas]
     split_rows, skipped = {s: ([], []) for s in SPLITS}, {}
     for file_index, ((_, source), table) in enumerate(zip(files, tables)):
         splits, keys = table["split"].to_pylist(), table["split_key"].to_numpy()
         for row, label in enumerate(table["label"].to_pylist()):
+            label = codec.fold(label or "")
             problem = label_problem(label, codec.charset, codec.max_len)
             if problem is not None:
                 skipped[problem] = skipped.get(problem, 0) + 1

@@ -14,7 +14,8 @@ import torch
 from captcha_generator import CaptchaStyle, render_rows
 from config import Config, HelpFormatter
 from data_loader import preprocess_image
-from inputs import find_parquet_files, open_parquet
+from image_folders import find_datasets
+from inputs import open_parquet
 from onnx_model import export_onnx, load_onnx, quantize_onnx
 from utils import load_model
 
@@ -23,7 +24,7 @@ def parity_images(config: Config, rows: int) -> tuple[list[bytes], str]:
     """PNG bytes of ``rows`` images to compare the models on, and where they came from: the
     first rows of the checkpoint's training data, or fresh generated captchas (seed 0) when
     that data is not on this machine."""
-    files = find_parquet_files(config.data)
+    files = find_datasets(config.data, config.labels, config.label_pattern)
     if files:
         batch = next(open_parquet(files[0]).iter_batches(batch_size=rows, columns=["image"]))
         return [r["bytes"] for r in batch.column("image").to_pylist()], str(files[0])

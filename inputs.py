@@ -15,12 +15,13 @@ Image.MAX_IMAGE_PIXELS = 4_000_000  # captchas are small; anything larger is ref
 
 
 def find_parquet_files(paths: list[str]) -> list[Path]:
-    """Expand files, folders (recursively) and globs into a sorted list of parquet files."""
+    """Expand files, folders (recursively, hidden folders such as caches left out) and globs
+    into a sorted list of parquet files."""
     found: set[Path] = set()
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found.update(path.rglob("*.parquet"))
+            found.update(f for f in path.rglob("*.parquet") if not any(part.startswith(".") for part in f.relative_to(path).parts))
         elif path.is_file():
             found.add(path)
         else:

@@ -3,6 +3,7 @@
 python interface.py                        # newest checkpoint, http://127.0.0.1:7860
 python interface.py --checkpoint saved_models/<run>/best.pt --port 8000
 python interface.py --onnx model.onnx          # onnxruntime instead of PyTorch
+python interface.py --allowed-chars 0123456789 --length 4   # answers the site can show (also per request)
 """
 
 import argparse
@@ -78,37 +79,51 @@ class Recognizer:
         except Exception as err:
             raise gr.Error(f"Not a readable image ({type(err).__name__}). Upload a PNG, JPEG, GIF, BMP or WebP captcha.") from None
 
-    def detect_captcha(self, path: str | None):
-        """One image path -> (text, confidence, [(char, confidence)], model-view image).
+    def _codec(self, allowed_chars: str, length: str):
+        """The codec for a request's constraints (its own where it gives any, else the server's)."""
+        if not (allowed_chars or length):
+            return self.codec
+        try:
+            return self.codec.constrained(allowed_chars, length)
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+
+    def detect_captcha(self, path: str | None, allowed_chars: str = "", length: str = ""):
+        """One image path -> (text, confidence, [(char, confidence)], model-view image); the
+        answer only of ``allowed_chars`` and of a ``length`` of "N" or "MIN-MAX" where given.
 
         No image (the input was cleared) gives empty outputs."""
         if not path:
             return "", None, [], None
         tensor = self._read(path)
-        pred = predict_captcha(self.model, self.codec, tensor, shifts=self.shifts)[0]
+        pred = predict_captcha(self.model, self._codec(allowed_chars, length), tensor, shifts=self.shifts)[0]
         view = ((tensor + 1) * 127.5).clamp(0, 255).byte().permute(1, 2, 0).squeeze(-1).numpy()
         chars = [(ch, f"{conf:.2f}") for ch, conf in zip(pred.text, pred.char_confidences)]
         return pred.text, round(pred.confidence, 4), chars, view
 
-    def detect_many(self, paths: list[str] | None) -> list[list]:
+    def detect_many(self, paths: list[str] | None, allowed_chars: str = "", length: str = "") -> list[list]:
         """Several image paths -> table rows [file, prediction, confidence] (errors as rows)."""
         rows = []
         for path in paths or []:
             try:
-                text, conf, _, _ = self.detect_captcha(path)
+                text, conf, _, _ = self.detect_captcha(path, allowed_chars, length)
                 rows.append([Path(path).name, text, conf])
             except gr.Error as err:
                 rows.append([Path(path).name, "", f"error: {err.message}"])
         return rows
 
 
-def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
+def build_app(recognizer: Recognizer | None, problem: str = "", allowed_chars: str = "", length: str = "") -> gr.Blocks:
+    """The page; ``allowed_chars`` and ``length`` fill its answer-constraint boxes."""
     with gr.Blocks(title="Captcha recognizer") as app:
         gr.Markdown("# Captcha recognizer")
         if recognizer is None:
             gr.Markdown(f"**No model to serve yet.** {problem}")
             return app
         gr.Markdown(model_card(recognizer.ckpt))
+        with gr.Row():
+            allowed = gr.Textbox(allowed_chars, label="Allowed characters (empty: all the model reads)")
+            lengths = gr.Textbox(length, label="Length: N or MIN-MAX (empty: as trained)")
         with gr.Tab("One captcha"):
             with gr.Row():
                 image = raw_upload(gr.Image(type="filepath", label="Captcha", sources=["upload", "clipboard"]))
@@ -118,11 +133,11 @@ def build_app(recognizer: Recognizer | None, problem: str = "") -> gr.Blocks:
                     chars = gr.HighlightedText(label="Per-character confidence", color_map=CONFIDENCE_COLOURS, show_legend=False)
                     view = gr.Image(label="What the model sees (padded and resized)", interactive=False)
             gr.Examples(make_examples(Path(tempfile.mkdtemp(prefix="captcha_examples_"))), inputs=image)
-            image.change(recognizer.detect_captcha, image, [text, confidence, chars, view], api_name="detect_captcha")
+            image.change(recognizer.detect_captcha, [image, allowed, lengths], [text, confidence, chars, view], api_name="detect_captcha")
         with gr.Tab("Many captchas"):
             files = gr.File(file_count="multiple", label="Captcha images")
             table = gr.Dataframe(headers=["file", "prediction", "confidence"], label="Predictions")
-            files.change(recognizer.detect_many, files, table, api_name="detect_many")
+            files.change(recognizer.detect_many, [files, allowed, lengths], table, api_name="detect_many")
     return app
 
 
@@ -139,7 +154,7 @@ def main() -> None:
     except SystemExit as err:  # no model yet, or an unusable file: the page says why
         recognizer, problem = None, str(err.code)
         print(problem)
-    app = build_app(recognizer, problem)
+    app = build_app(recognizer, problem, a.allowed_chars, a.length)
     app.queue().launch(server_name=a.host, server_port=a.port, share=a.share, show_error=True, max_file_size=MAX_UPLOAD)
 
 

@@ -5,10 +5,13 @@ Every script that touches a label goes through this module, so the rule that tur
 """
 
 import hashlib
+import re
 import string
+from pathlib import Path
 
 DEFAULT_CHARSET = string.digits + string.ascii_lowercase + string.ascii_uppercase
 SPLITS = ("train", "val", "test")
+DEFAULT_LABEL_PATTERN = r"^([^_]+)"  # an image file's name up to its first "_": aB3x.png, aB3x_0017.jpg
 
 
 def parse_label(text: str | None) -> str:
@@ -25,6 +28,15 @@ def parse_label(text: str | None) -> str:
         if second != -1:
             return text[first + 1 : second]
     return text.strip()
+
+
+def label_from_name(name: str, pattern: str = DEFAULT_LABEL_PATTERN) -> str:
+    """The label in file name ``name``: ``pattern``'s first group (or whole match) in the
+    name without its suffix; "" where it does not match."""
+    match = re.search(pattern, Path(name).stem)
+    if not match:
+        return ""
+    return match.group(1) if match.groups() else match.group(0)
 
 
 def label_problem(label: str, charset: str, max_len: int) -> str | None:

@@ -18,7 +18,7 @@ from codec import LabelCodec
 from config import Config, finetune_config, parse_config, resumed_config
 from data_loader import load_data
 from device import get_device
-from inputs import find_parquet_files
+from image_folders import find_datasets
 from train import Interrupted, train_model
 from visualize import CaptchaVisualizer
 
@@ -49,9 +49,9 @@ def run(config: Config, given: set[str], started: float) -> None:
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"main.py: {err}") from None
     m = config.model
-    codec = LabelCodec(m.charset, m.max_len)
+    codec = LabelCodec.for_model(m)
     with distributed.main_rank_first():  # rank 0 generates data and builds the data caches once
-        if not find_parquet_files(config.data) and config.data == ["data"]:
+        if config.data == ["data"] and not find_datasets(config.data):
             target = Path("data/generated.parquet")
             print(f"note: no parquet file in data/; generating {config.default_count} captchas into {target} (the shared schema)")
             style = CaptchaStyle(charset=m.charset, min_len=min(4, m.max_len), max_len=m.max_len)

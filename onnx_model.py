@@ -25,7 +25,8 @@ PREPROCESS = (
 )
 DECODE = (
     "output logits (batch, max_len, 1 + len(charset)); per position take the argmax: class 0 is end/pad, "
-    "class i is charset[i - 1]; the text is the characters before the first class 0; "
+    "class i is charset[i - 1]; the text is the characters before the first class 0 (never before min_len); "
+    "ignore_case true: the model reads lower case and answers are compared lower-cased; "
     "softmax(logits / temperature) gives confidences (temperature: this file's metadata)"
 )
 
@@ -82,6 +83,8 @@ def export_onnx(model: torch.nn.Module, ckpt: dict, output: str | os.PathLike, o
         {
             "config": json.dumps(asdict(config)),
             "charset": m.charset,
+            "ignore_case": str(m.ignore_case).lower(),
+            "min_len": str(m.min_len),
             "max_len": str(m.max_len),
             "img_height": str(m.img_height),
             "img_width": str(m.img_width),
@@ -148,7 +151,7 @@ def load_onnx(path: str | os.PathLike, threads: int = 0) -> tuple[OnnxModel, Lab
     config = config_from_checkpoint({"config": json.loads(meta["config"])})
     info = json.loads(meta.get("source", "{}")) | {"path": str(path)}
     m = config.model
-    return model, LabelCodec(m.charset, m.max_len, m.min_len), config, info
+    return model, LabelCodec.for_model(m), config, info
 
 
 def quantize_onnx(source: str | os.PathLike, output: str | os.PathLike) -> Path:

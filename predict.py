@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from codec import LabelCodec
+from codec import Answers, LabelCodec
 from config import Config
 from data_loader import SquarePadAndResize, image_pixels
 from device import autocast
+from progress import progress_bar
 
 ImageSource = bytes | str | os.PathLike  # encoded image bytes or an image file
 
@@ -39,7 +39,7 @@ def add_tta_flag(parser: argparse.ArgumentParser) -> None:
 @dataclass
 class Prediction:
     text: str
-    confidence: float  # product of the per-position probabilities, end/pad positions included
+    confidence: float  # product of the per-position probabilities, end/pad positions included (constrained: given the allowed answers)
     char_confidences: list[float]  # one per predicted character
 
 
@@ -53,21 +53,54 @@ def shift_right(images: torch.Tensor, dx: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_batch(model: torch.nn.Module, images: torch.Tensor, views: int = 1, min_len: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batch(model: torch.nn.Module, images: torch.Tensor, codec: LabelCodec, views: int = 1) -> tuple[torch.Tensor, ...]:
     """images (views * B, C, H, W): ``views`` copies of B captchas, one after the other ->
-    (class ids (B, max_len), probabilities of those ids (B, max_len)), from the logits
-    averaged over the copies, at the model's calibrated ``temperature``. (Averaging the
-    probabilities instead read as well but left the confidences too low: ECE 3.8-13% against 3.2-7.4%.)
+    (class ids (B, max_len), probabilities of those ids (B, max_len), whole-answer
+    confidences (B,)), from the logits averaged over the copies, at the model's calibrated
+    ``temperature``. (Averaging the probabilities instead read as well but left the
+    confidences too low: ECE 3.8-13% against 3.2-7.4%.)
 
-    The first ``min_len`` positions take their likeliest character, never the end: no answer
-    is empty or shorter than the model was trained to read. The probability kept is the
-    model's own for that character, so an answer it did not believe in carries a low confidence."""
+    The first ``codec.min_len`` positions take their likeliest character, never the end: no
+    answer is empty or shorter than the model was trained to read. The probability kept is
+    the model's own for that character, so an answer it did not believe in carries a low
+    confidence. With ``codec.answers`` the answer is the likeliest one they allow
+    (constrained_answers)."""
     logits = model(images).float().unflatten(0, (views, -1)).mean(dim=0)  # (B, max_len, K)
     probs = (logits / model.temperature).softmax(dim=-1)
+    if codec.answers is not None:
+        return constrained_answers(probs, codec.answers)
     choice = probs.clone()
-    choice[:, :min_len, LabelCodec.PAD] = -1.0
+    choice[:, : codec.min_len, LabelCodec.PAD] = -1.0
     ids = choice.argmax(dim=-1)
-    return ids, probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    chosen = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return ids, chosen, chosen.prod(dim=-1)
+
+
+def constrained_answers(probs: torch.Tensor, answers: Answers) -> tuple[torch.Tensor, ...]:
+    """The likeliest answer of probs (B, max_len, K) among those ``answers`` allow, as
+    predict_batch returns it. Each position's probabilities are renormalised over the allowed
+    classes; an answer of n characters is the best character at each of the first n positions
+    and the end at every later one, and n is the allowed length of the highest product. The
+    confidence is that product divided by the probability of all answers of allowed lengths,
+    so it is the chance the answer is right given that the right one is allowed."""
+    tiny = torch.finfo(probs.dtype).tiny
+    q = probs * torch.tensor(answers.allowed, dtype=probs.dtype, device=probs.device)
+    q = q / q.sum(-1, keepdim=True).clamp_min(tiny)
+    best, chars = q[..., 1:].max(-1)  # (B, max_len): the likeliest character at each position
+    end = q[..., LabelCodec.PAD]
+    zero = torch.zeros_like(end[:, :1])
+    ends_after = torch.cat([end.clamp_min(tiny).log().flip(1).cumsum(1).flip(1), zero], 1)  # (B, max_len + 1): log P(end at i >= n)
+    score = torch.cat([zero, best.clamp_min(tiny).log().cumsum(1)], 1) + ends_after  # log P(best answer of n characters)
+    characters = q[..., 1:].sum(-1).clamp_min(tiny).log()  # (B, max_len): log P(not the end), summed: 1 - end loses precision
+    mass = torch.cat([zero, characters.cumsum(1)], 1) + ends_after  # log P(some answer of n characters)
+    n = torch.arange(probs.shape[1] + 1, device=probs.device)
+    allowed = (n >= answers.shortest) & (n <= answers.longest)
+    length = score.masked_fill(~allowed, -torch.inf).argmax(1)  # (B,)
+    is_char = torch.arange(probs.shape[1], device=probs.device) < length[:, None]
+    ids = torch.where(is_char, chars + 1, LabelCodec.PAD)
+    chosen = torch.where(is_char, best, end)
+    confidence = score.gather(1, length[:, None]).squeeze(1) - mass.masked_fill(~allowed, -torch.inf).logsumexp(1)
+    return ids, chosen, confidence.exp().clamp(max=1.0)
 
 
 def predict_captcha(
@@ -83,11 +116,11 @@ def predict_captcha(
     if isinstance(model, torch.nn.Module):  # an OnnxModel takes plain contiguous arrays
         images = images.to(device, memory_format=torch.channels_last)
     with autocast(device, amp):
-        ids, conf = predict_batch(model, images, len(shifts), codec.min_len)
+        ids, conf, whole = predict_batch(model, images, codec, len(shifts))
     out = []
-    for row_ids, row_conf in zip(ids.tolist(), conf.cpu().numpy()):
+    for row_ids, row_conf, row_whole in zip(ids.tolist(), conf.cpu().numpy(), whole.tolist()):
         text = codec.decode(row_ids)
-        out.append(Prediction(text, float(row_conf.prod()), [round(float(c), 4) for c in row_conf[: len(text)]]))
+        out.append(Prediction(text, float(row_whole), [round(float(c), 4) for c in row_conf[: len(text)]]))
     return out
 
 
@@ -143,7 +176,7 @@ def predict_images(
     """
     resize = SquarePadAndResize(config.model.img_height, config.model.img_width)
     starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress or len(starts) <= 1):
+    for start in progress_bar(starts, desc="predicting", unit="batch", disable=not progress or len(starts) <= 1):
         pixels = _pixels_or_none(items[start : start + batch_size], config.model.channels)
         good = [p for p in pixels if p is not None]
         with one_torch_thread():  # the resize is the torch part of preprocessing
@@ -162,7 +195,7 @@ def run_inference(
     """
     model.eval()
     predictions, labels, confidences, seconds = [], [], [], 0.0
-    for images, targets, _ in tqdm(loader, desc="predicting", unit="batch", disable=not progress, leave=False):
+    for images, targets, _ in progress_bar(loader, desc="predicting", unit="batch", disable=not progress, leave=False):
         if images is None:
             continue
         start = time.perf_counter()

@@ -37,13 +37,16 @@ from checkpoints import (
 from codec import LabelCodec
 from config import Config
 from device import autocast, get_device, grad_scaler
+from labels import label_problem
 from metrics import sequence_metrics, write_history
 from model import CNNModel
 from predict import run_inference
+from progress import progress_bar
 from schedule import optimizer_and_schedule, replan, steps_that_fit
 from unlabelled import unlabelled_loader
 from utils import seed_everything, set_requires_grad
 
+IGNORE = -100  # a target position the loss leaves out (a pseudo-label's unsure character)
 BUDGET_TIMING = (10, 60)  # steps of a fresh run timed for --time-limit: after start-up, while the warm-up has barely begun
 FINISH_VALIDATIONS = 2  # after training, calibrating best.pt and last.pt reads the validation split twice
 FINISH_SECONDS = 15.0  # and the rest of the end (checkpoints, plots, pictures): ~5 s here, with room to spare
@@ -81,9 +84,13 @@ def stop_requests():
 
 def recognition_loss(logits: torch.Tensor, ctc_logits: torch.Tensor, targets: torch.Tensor, config: Config) -> torch.Tensor:
     """Per-position cross-entropy on logits (B, max_len, K) against targets (B, max_len),
-    plus ``config.ctc_weight`` times CTC on the column logits (B, w, K)."""
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), label_smoothing=config.label_smoothing)
-    if config.ctc_weight:
+    plus ``config.ctc_weight`` times CTC on the column logits (B, w, K). Positions marked
+    IGNORE are left out, and so are their rows from the CTC term (it needs whole answers)."""
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, label_smoothing=config.label_smoothing)
+    whole = (targets != IGNORE).all(dim=1)
+    if not whole.all():
+        logits, ctc_logits, targets = logits[whole], ctc_logits[whole], targets[whole]
+    if config.ctc_weight and len(targets):
         log_probs = ctc_logits.log_softmax(-1).transpose(0, 1)  # (w, B, K)
         lengths = (targets != LabelCodec.PAD).sum(dim=1)
         input_lengths = torch.full_like(lengths, log_probs.shape[0])
@@ -148,22 +155,28 @@ def make_teacher(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True).eval()
 
 
-def pseudo_labels(teacher: nn.Module, weak: torch.Tensor, threshold: float, smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(
+    teacher: nn.Module, weak: torch.Tensor, threshold: float, smoothing: float = 0.0, gate: str = "character"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's answers on weak views (N, C, H, W): (class ids (N, max_len), each ended
-    by the end/pad class as a label is, and which answers to learn (N,) bool: whole-sequence
-    confidence at least ``threshold``, and not empty).
+    by the end/pad class as a label is, and which positions to learn (N, max_len) bool).
 
-    The confidence is the product over positions of each top probability divided by the
-    highest one that label ``smoothing`` trains towards (1 - s + s / K): a model trained
-    with smoothing 0.05 never puts more than 0.95 on a class, so the raw product over 8
-    positions could not pass 0.66, and no pseudo-label would ever be learnt."""
+    Each position's confidence is its top probability divided by the highest one that label
+    ``smoothing`` trains towards (1 - s + s / K): a model trained with smoothing 0.05 never
+    puts more than 0.95 on a class. ``gate`` "character" learns every position whose
+    confidence is at least ``threshold``; "sequence" learns a whole answer or nothing, by
+    the product of its positions' confidences. Positions after the end are learnt only
+    where the teacher itself reads the end there; an empty answer is never learnt."""
     with torch.no_grad():
         probs = teacher(weak).float().softmax(-1)  # (N, max_len, K)
-    confidence, classes = probs.max(-1)
-    ceiling = 1.0 - smoothing + smoothing / probs.shape[-1]
-    classes = classes.masked_fill((classes == LabelCodec.PAD).cumsum(1) > 0, LabelCodec.PAD)
-    sure = (confidence / ceiling).clamp(max=1.0).prod(-1) >= threshold
-    return classes, sure & (classes[:, 0] != LabelCodec.PAD)
+    confidence, top = probs.max(-1)
+    confidence = (confidence / (1.0 - smoothing + smoothing / probs.shape[-1])).clamp(max=1.0)
+    classes = top.masked_fill((top == LabelCodec.PAD).cumsum(1) > 0, LabelCodec.PAD)
+    if gate == "sequence":
+        learn = (confidence.prod(-1, keepdim=True) >= threshold).expand_as(classes)
+    else:
+        learn = (confidence >= threshold) & (classes == top)
+    return classes, learn & (classes[:, :1] != LabelCodec.PAD)
 
 
 class TimeBudget:
@@ -236,7 +249,7 @@ class Trainer:
             shortest = config_from_checkpoint(resume).model.min_len if resume else min(len(label) for label in labels)
             config = replace(config, model=replace(config.model, min_len=shortest))
         self.config, self.loaders = config, loaders
-        self.codec = LabelCodec(config.model.charset, config.model.max_len, config.model.min_len)  # validation reads as users will
+        self.codec = LabelCodec.for_model(config.model)  # validation reads as users will
         train_loader = loaders["train"]
         self.steps = min(len(train_loader), config.max_steps or len(train_loader))
         optimizer, scheduler = optimizer_and_schedule(model, config, config.epochs * self.steps)
@@ -303,7 +316,7 @@ class Trainer:
         loader.sampler.skip = sums["step"] * config.batch_size
         unlabelled = self.unlabelled_batches(epoch, sums["step"])
         net = self.set_phase(frozen=epoch < self.frozen_epochs)
-        bar = tqdm(
+        bar = progress_bar(
             loader, total=self.epoch_steps(epoch), initial=sums["step"], desc=self.label(epoch), unit="batch", leave=False,
             disable=not self.main_rank,
         )  # fmt: skip
@@ -319,14 +332,14 @@ class Trainer:
                 sums["loss"] += loss * len(images)
                 sums["seen"] += len(images)
                 sums["correct"] += correct
-                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{sums['seen'] / (time.perf_counter() - start):.0f}")
+                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{sums['seen'] / (time.perf_counter() - start):.0f}", refresh=False)
             self.done_steps += 1
             per_step = self.budget.timed_step(self.done_steps)
             if per_step is not None:
                 # inference reads an image in about a third of a training step's time
                 self.fit_to_deadline(per_step, len(self.loaders["val"].dataset) * per_step / config.batch_size / 3, first=True)
                 bar.total = self.epoch_steps(epoch)
-                bar.set_description(self.label(epoch))
+                bar.set_description(self.label(epoch), refresh=False)
             self.save_snapshot(epoch)
             if sums["step"] >= self.steps or self.opt.scheduler.last_epoch >= self.opt.scheduler.total_steps:
                 break
@@ -346,21 +359,28 @@ class Trainer:
         return iter(self.unlabelled)
 
     def pseudo_batch(self, batch, sums: dict) -> tuple | None:
-        """The strong views whose weak view the teacher reads confidently, with its answers;
-        counts what passed (and, where the unlabelled rows carry labels, what was right)."""
+        """The strong views of the images where the teacher reads some position confidently,
+        with its answers (IGNORE at the positions not to learn); counts the answers' positions
+        (characters and end) that passed and, where the unlabelled rows carry labels, how many
+        of those were right."""
         weak, strong, labels, bad = batch
         sums["u_bad"] += bad
         if weak is None:
             return None
         weak = weak.to(self.device, memory_format=self.memory_format)
-        classes, keep = pseudo_labels(self.ema, weak, self.config.threshold, self.config.label_smoothing)
-        sums["u_seen"] += len(weak)
-        sums["u_passed"] += int(keep.sum())
-        answers = [self.codec.decode(row) for row in classes[keep].cpu()]
-        known = [(a, lab) for a, lab in zip(answers, [lab for lab, k in zip(labels, keep.tolist()) if k]) if lab is not None]
-        sums["u_known"] += len(known)
-        sums["u_right"] += sum(a == lab for a, lab in known)
-        return (strong[keep.cpu()], classes[keep].cpu()) if keep.any() else None
+        config = self.config
+        classes, learn = pseudo_labels(self.ema, weak, config.threshold, config.label_smoothing, config.gate)
+        classes, learn = classes.cpu(), learn.cpu()
+        answer = torch.ones_like(learn)  # its characters and the end that follows them
+        answer[:, 1:] = classes[:, :-1] != LabelCodec.PAD
+        sums["u_seen"] += int(answer.sum())
+        sums["u_passed"] += int((learn & answer).sum())
+        for row, ok, label in zip(classes, learn & answer, (self.codec.fold(lab or "") for lab in labels)):
+            if label and label_problem(label, self.codec.charset, self.codec.max_len) is None:
+                sums["u_known"] += int(ok.sum())
+                sums["u_right"] += int((row == self.codec.encode(label))[ok].sum())
+        keep = learn.any(dim=1)
+        return (strong[keep], classes.masked_fill(~learn, IGNORE)[keep]) if keep.any() else None
 
     def validate(self, epoch: int, sums: dict, train_time: float) -> None:
         """Read the validation split, re-plan the time budget, print and record the epoch's
@@ -519,7 +539,7 @@ def _semi_supervised_text(row: dict) -> str:
     """The epoch line's teacher and unlabelled figures, where the run has them."""
     text = f"  teacher val acc {row['teacher_val_seq_acc']:.2%}" if "teacher_val_seq_acc" in row else ""
     if "unlabelled_passed" in row:
-        text += f"  unlabelled passed {row['unlabelled_passed']:.1%}"
+        text += f"  unlabelled positions passed {row['unlabelled_passed']:.1%}"
         if row["pseudo_label_acc"] is not None:
             text += f" ({row['pseudo_label_acc']:.1%} right)"
     return text

@@ -43,7 +43,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     model.temperature = float(ckpt.get("temperature", 1.0))  # calibration.py; absent before calibration
     model.to(get_device(device)).eval()
     ckpt["path"] = str(path)
-    return model, LabelCodec(m.charset, m.max_len, m.min_len), config, ckpt
+    return model, LabelCodec.for_model(m), config, ckpt
 
 
 def newest_or_shipped(out_dir: str = "saved_models") -> Path:
@@ -72,12 +72,18 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint file (default: newest in saved_models/)")
     parser.add_argument("--onnx", default=None, help="use this exported ONNX file (onnxruntime) instead of a checkpoint")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--allowed-chars", default="", help="answer only with these characters (default: all the model reads)")
+    parser.add_argument(
+        "--length", default="", help="answer only with N or MIN-MAX characters (default: the lengths the model was trained on)"
+    )
 
 
 def recognizer_from_args(args: argparse.Namespace):
-    """load_recognizer as add_model_flags' flags ask. A missing, unsafe or unfitting file
-    ends the script with one line naming it (SystemExit), not a traceback."""
+    """load_recognizer as add_model_flags' flags ask, its codec constrained to --allowed-chars
+    and --length. A missing, unsafe or unfitting file, or constraints the model cannot meet,
+    end the script with one line naming them (SystemExit), not a traceback."""
     try:
-        return load_recognizer(args.checkpoint, args.onnx, get_device(args.device))
+        model, codec, config, info = load_recognizer(args.checkpoint, args.onnx, get_device(args.device))
+        return model, codec.constrained(args.allowed_chars, args.length), config, info
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"{Path(sys.argv[0]).name}: {err}") from None

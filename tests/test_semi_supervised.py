@@ -7,13 +7,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from checkpoints import load_checkpoint
 from codec import LabelCodec
+from config import Config
 from data_loader import load_data
 from labels import parse_label
-from train import Interrupted, make_teacher, pseudo_labels, train_model
+from train import IGNORE, Interrupted, make_teacher, pseudo_labels, recognition_loss, train_model
 from unlabelled import UnlabelledDataset, UnlabelledImages
 
 
@@ -32,7 +34,7 @@ class FixedTeacher(torch.nn.Module):
         return self.logits[: len(images)]
 
 
-def test_pseudo_labels_pass_only_above_the_threshold_and_end_like_labels():
+def test_sequence_gate_learns_whole_answers_above_the_threshold_ended_like_labels():
     sure, unsure, empty = torch.full((3, 5), -9.0), torch.full((3, 5), -9.0), torch.full((3, 5), -9.0)
     sure[0, 1], sure[1, 2], sure[2, 0] = 9.0, 9.0, 9.0  # "ab" then end: confidence ~1
     unsure[0, 1], unsure[0, 2], unsure[1, 0], unsure[2, 0] = 0.5, 0.4, 9.0, 9.0  # first position split: ~0.52
@@ -40,11 +42,27 @@ def test_pseudo_labels_pass_only_above_the_threshold_and_end_like_labels():
     after_end = torch.full((3, 5), -9.0)
     after_end[0, 1], after_end[1, 0], after_end[2, 3] = 9.0, 9.0, 9.0  # "a", end, "c": what follows the end is dropped
     teacher = FixedTeacher(torch.stack([sure, unsure, empty, after_end]))
-    classes, keep = pseudo_labels(teacher, torch.zeros(4, 3, 8, 8), threshold=0.9)
-    assert keep.tolist() == [True, False, False, True]
+    classes, learn = pseudo_labels(teacher, torch.zeros(4, 3, 8, 8), threshold=0.9, gate="sequence")
+    assert learn.all(1).tolist() == [True, False, False, True]
     assert classes[0].tolist() == [1, 2, 0] and classes[3].tolist() == [1, 0, 0]
-    _, everything = pseudo_labels(teacher, torch.zeros(4, 3, 8, 8), threshold=0.0)
-    assert everything.tolist() == [True, True, False, True]  # an empty answer is never learnt
+    _, everything = pseudo_labels(teacher, torch.zeros(4, 3, 8, 8), threshold=0.0, gate="sequence")
+    assert everything.any(1).tolist() == [True, True, False, True]  # an empty answer is never learnt
+
+
+def test_character_gate_learns_each_sure_position_and_masks_the_rest_out_of_the_loss():
+    logits = torch.full((1, 3, 5), -9.0)
+    logits[0, 0, 1], logits[0, 1, 2], logits[0, 1, 3], logits[0, 2, 0] = 9.0, 0.5, 0.4, 9.0  # "a", b-or-c, end
+    classes, learn = pseudo_labels(FixedTeacher(logits), torch.zeros(1, 3, 8, 8), threshold=0.9)
+    assert classes[0].tolist() == [1, 2, 0] and learn[0].tolist() == [True, False, True]
+    config = dataclasses.replace(Config(), ctc_weight=0.5, label_smoothing=0.0)
+    target = classes.masked_fill(~learn, IGNORE)
+    other = classes.clone()
+    other[0, 1] = 4  # a different answer at the position left out changes nothing
+    net_logits = torch.randn(1, 3, 5)
+    ctc = torch.randn(1, 6, 5)
+    loss = recognition_loss(net_logits, ctc, target, config)
+    assert torch.isclose(loss, recognition_loss(net_logits, ctc, other.masked_fill(~learn, IGNORE), config))
+    assert torch.isclose(loss, F.cross_entropy(net_logits[0, [0, 2]], classes[0, [0, 2]]))  # no CTC on a partial answer
 
 
 def test_a_teacher_trained_with_label_smoothing_can_pass_the_threshold():
@@ -52,8 +70,9 @@ def test_a_teacher_trained_with_label_smoothing_can_pass_the_threshold():
     at that ceiling are a sure answer (0.88 raw), not one below a 0.95 threshold."""
     smoothed = torch.log(torch.tensor([[0.01, 0.96, 0.01, 0.01, 0.01], [0.01, 0.01, 0.96, 0.01, 0.01], [0.96, 0.01, 0.01, 0.01, 0.01]]))
     teacher = FixedTeacher(smoothed.unsqueeze(0))
-    assert not pseudo_labels(teacher, torch.zeros(1, 3, 8, 8), threshold=0.95)[1].item()
-    assert pseudo_labels(teacher, torch.zeros(1, 3, 8, 8), threshold=0.95, smoothing=0.05)[1].item()
+    for gate in ("sequence", "character"):
+        assert not pseudo_labels(teacher, torch.zeros(1, 3, 8, 8), threshold=0.97, gate=gate)[1].any()
+        assert pseudo_labels(teacher, torch.zeros(1, 3, 8, 8), threshold=0.97, smoothing=0.05, gate=gate)[1].all()
 
 
 def test_the_teacher_is_an_exponential_moving_average_of_the_weights():
@@ -107,7 +126,7 @@ def test_an_epoch_line_shows_what_passed_and_how_often_it_was_right(tiny_config,
     run = train_model(config, loaders_for(config))
     row = load_checkpoint(run / "last.pt")["history"][-1]
     assert 0 <= row["unlabelled_passed"] <= 1 and "teacher_val_seq_acc" in row
-    assert "unlabelled passed" in capsys.readouterr().out
+    assert "unlabelled positions passed" in capsys.readouterr().out
     assert "ema" in load_checkpoint(run / "last.pt")
 
 
