@@ -56,7 +56,8 @@ def write_review(read: list[tuple[Example, Prediction]], n: int, folder: Path) -
     for i, (ex, pred) in enumerate(sorted(read, key=lambda r: r[1].confidence)[:n]):
         data = ex.data.read_bytes() if isinstance(ex.data, Path) else ex.data
         suffix = ex.data.suffix.lower() if isinstance(ex.data, Path) else "." + (Image.open(io.BytesIO(data)).format or "png").lower()
-        name = f"{i:05d}_{Path(ex.name).stem.replace('#', '_')}{suffix}"
+        source = ex.data.stem if isinstance(ex.data, Path) else Path(ex.name).name.replace(".", "_").replace("#", "_")  # data.parquet#7
+        name = f"{i:05d}_{source}{suffix}"
         (folder / name).write_bytes(data)
         rows.append([name, pred.text, f"{pred.confidence:.4f}"])
     out = folder / "labels.csv"

@@ -3,7 +3,7 @@ each method gets the same CPU minutes (main.py --time-limit) and is scored on th
 2,000 test captchas of that style.
 
     pip install -r requirements-bench.txt
-    python bench/bench_few_shot.py --base base/general.pt --style wheezy --sizes 1000 --unlabelled 20000 --minutes 30
+    python bench/bench_few_shot.py --base pretrained/general.pt --style wheezy --sizes 1000 --unlabelled 20000 --minutes 30
 
 Methods, each started from --base except scratch:
   scratch     the labelled captchas alone, from random weights
@@ -12,13 +12,19 @@ Methods, each started from --base except scratch:
   semi        the labelled captchas plus N unlabelled ones (--unlabelled N ...): an EMA
               teacher's confident answers on them are learnt on a strong view
   ceiling     the labelled and the N unlabelled captchas, all with their labels
+  ignore-case fine-tune with --ignore-case (scored case-insensitively, like the others' ci columns)
+  review      the labelling loop: fine-tune on half the labelled captchas, let test.py --review
+              pick the other half from the largest pool (the ones that model is least sure of,
+              labelled with their true labels as a person would), fine-tune on both halves
 
 The styles are third-party renderers our generator neither imitates nor samples from
 (bench/third_party_captchas.py).
 """
 
 import argparse
+import csv
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,7 +38,7 @@ from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
 
-METHODS = ("scratch", "fine-tune", "mix", "semi", "ceiling")
+METHODS = ("scratch", "fine-tune", "mix", "semi", "ceiling", "ignore-case", "review")
 TRAIN_SHARE = 0.9  # of the labelled set; the rest validates
 
 
@@ -50,11 +56,6 @@ def train(cmd_tail: list[str], name: str, out: Path, minutes: float, batch: int,
     return out / name / "best.pt", (time.perf_counter() - start) / 60
 
 
-def concat(paths: list[Path], output: Path) -> Path:
-    pq.write_table(pa.concat_tables([pq.read_table(p, columns=["image", "text"]) for p in paths]), output)
-    return output
-
-
 def cells(a, labelled: Path, pools: dict[int, Path]) -> list[tuple[str, list[str]]]:
     """(name, main.py arguments) of every cell for one labelled set."""
     tune = ["--init-from", a.base, "--lr", str(a.finetune_lr)]
@@ -64,6 +65,10 @@ def cells(a, labelled: Path, pools: dict[int, Path]) -> list[tuple[str, list[str
             out.append(("scratch", ["--data", str(labelled)]))
         elif method == "fine-tune":
             out.append(("fine-tune", [*tune, "--data", str(labelled)]))
+        elif method == "ignore-case":
+            out.append(("ignore-case", [*tune, "--data", str(labelled), "--ignore-case"]))
+        elif method == "review":
+            continue  # review_cell: it needs a model trained first
         elif method == "mix":
             out.append(("mix", [*tune, "--data", str(labelled), a.generated, "--mix", "0.5,0.5"]))
         else:
@@ -71,8 +76,34 @@ def cells(a, labelled: Path, pools: dict[int, Path]) -> list[tuple[str, list[str
                 if method == "semi":
                     out.append((f"semi+{n}", [*tune, "--data", str(labelled), "--unlabelled", str(pool)]))
                 else:  # the same captchas, all labelled
-                    out.append((f"ceiling+{n}", [*tune, "--data", str(concat([labelled, pool], pool.with_name(f"all{n}.parquet")))]))
+                    tables = [pq.read_table(f, columns=["image", "text"]) for f in (labelled, pool)]
+                    out.append((f"ceiling+{n}", [*tune, "--data", str(concat_tables(tables, pool.with_name(f"all{n}.parquet")))]))
     return out
+
+
+def review_cell(a, labelled: Path, pool: Path, out: Path) -> tuple[list[str], float]:
+    """The review method's main.py arguments and the minutes spent choosing: half of
+    ``labelled`` trains a model, test.py --review picks as many captchas of ``pool`` as it is
+    least sure of, and they join that half with their true labels."""
+    table = pq.read_table(labelled, columns=["image", "text"])
+    half = concat_tables([table.slice(0, len(table) // 2)], out / "half.parquet")
+    start = time.perf_counter()
+    tune = ["--init-from", a.base, "--lr", str(a.finetune_lr)]
+    chooser, _ = train([*tune, "--data", str(half)], "review-chooser", out, a.minutes, a.batch_size, a.epochs)
+    rows = pq.read_metadata(pool).num_rows
+    cmd = [sys.executable, str(ROOT / "test.py"), "--checkpoint", str(chooser), "--parquet", str(pool), "--rows", str(rows)]
+    cmd += ["--review", str(len(table) - len(table) // 2), "--review-dir", str(out / "to_label"), "--quiet", "--grid", ""]
+    subprocess.run(cmd, check=True, capture_output=True)
+    chosen = [int(re.search(r"_(\d+)\.\w+$", r["file"]).group(1)) for r in csv.DictReader(open(out / "to_label" / "labels.csv"))]
+    pool_table = pq.read_table(pool, columns=["image", "text"])
+    both = concat_tables([table.slice(0, len(table) // 2), pool_table.take(chosen)], out / "reviewed.parquet")
+    return [*tune, "--data", str(both)], (time.perf_counter() - start) / 60
+
+
+def concat_tables(tables: list[pa.Table], output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.concat_tables(tables), output)
+    return output
 
 
 def main() -> None:
@@ -97,8 +128,14 @@ def main() -> None:
         pools = {n: write_third_party(n, tmp / f"pool{n}" / "pool.parquet", seed=5000 + n, style=a.style) for n in a.unlabelled}
         for size in a.sizes:
             labelled = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size, style=a.style)
-            for name, args in cells(a, labelled, pools):
+            todo = cells(a, labelled, pools)
+            chose_minutes = 0.0
+            if "review" in a.methods:
+                args, chose_minutes = review_cell(a, labelled, pools[max(pools)], tmp / f"review{size}")
+                todo.append(("review", args))
+            for name, args in todo:
                 best, minutes = train(args, name, tmp / f"runs{size}", a.minutes, a.batch_size, a.epochs)
+                minutes += chose_minutes if name == "review" else 0.0
                 report = accuracy_report(best, test, tmp / f"{size}-{name}.json")
                 rows.append({"labelled": size, "method": name, "minutes": round(minutes, 1)} | _figures(report))
                 print(json.dumps(rows[-1]), flush=True)

@@ -76,10 +76,10 @@ def test_bench_few_shot_runs(tiny_parquet, tmp_path):
     base = train_model(config, load_data(config, LabelCodec(config.model.charset, config.model.max_len))) / "best.pt"
     out = run(
         "bench/bench_few_shot.py", "--base", str(base), "--generated", str(tiny_parquet), "--sizes", "30", "--test", "10",
-        "--unlabelled", "20", "--methods", "semi", "ceiling", "--minutes", "0.01", "--epochs", "1", "--batch-size", "8",
+        "--unlabelled", "20", "--methods", "semi", "ceiling", "ignore-case", "review", "--minutes", "0.01", "--epochs", "1", "--batch-size", "8",
         "--style", "imagecaptcha",
     )  # fmt: skip
-    for method in ("semi+20", "ceiling+20"):
+    for method in ("semi+20", "ceiling+20", "ignore-case", "review"):
         assert f"| 30 | {method} |" in out
 
 
@@ -130,3 +130,11 @@ def test_gpu_check_script_runs_both_steps_on_a_tiny_setting(tmp_path):
     rows = json.loads((tmp_path / "curve.json").read_text())["rows"]
     assert rows[-1]["checkpoint"] == "last.pt" and (tmp_path / "curve.png").stat().st_size > 0
     assert "heldout-seed99-16.parquet" in result.stdout  # HELDOUT sized the held-out set
+
+
+def test_bench_constraints_reads_with_and_without_the_site_constraints(tiny_checkpoint, tmp_path):
+    rows = tmp_path / "rows.json"
+    args = ("--checkpoint", str(tiny_checkpoint), "--charset", "123", "--length", "3", "--count", "12", "--json", str(rows))
+    out = run("bench/bench_constraints.py", *args)
+    assert "| as trained |" in out and "| constrained |" in out
+    assert [r["decoding"] for r in json.loads(rows.read_text())] == ["as trained", "constrained"]
