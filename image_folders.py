@@ -2,7 +2,8 @@
 schema (``image`` {bytes, path}, ``text``), kept in the folder's ``.cache/`` and rebuilt
 when its files or labels change, so everything that reads parquet reads folders too.
 
-Labels come from a CSV/TSV of file,label (``--labels``) or from the file names: by default
+Labels come from a CSV/TSV of file,label (``--labels``, or a ``labels.csv`` in the folder)
+or from the file names: by default
 the part of the name before the first ``_`` (``aB3x.png``, ``aB3x_0017.jpg``), otherwise
 the first group of ``--label-pattern`` (a regular expression searched in the name without
 its suffix). A file without a label gets an empty ``text``; the readers count it, and any
@@ -20,6 +21,7 @@ from atomic import atomic_write
 from inputs import find_parquet_files, image_files
 from labels import DEFAULT_LABEL_PATTERN, label_from_name
 
+FOLDER_LABELS = "labels.csv"  # a folder's own label file, used unless --labels names another
 SCHEMA = pa.schema([("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("text", pa.string())])
 
 
@@ -36,8 +38,12 @@ def read_label_file(path: str | Path) -> dict[str, str]:
 
 def folder_parquet(folder: Path, labels: str = "", label_pattern: str = DEFAULT_LABEL_PATTERN) -> Path:
     """``folder``'s image files (not its subfolders) as a parquet file in the shared schema
-    (built once per state of the files, the label file and the pattern); returns its path."""
+    (built once per state of the files, the label file and the pattern); returns its path.
+    Without ``labels``, a ``labels.csv`` inside the folder (what test.py --review writes)
+    labels it."""
     files = image_files(folder)
+    if not labels and (folder / FOLDER_LABELS).is_file():
+        labels = str(folder / FOLDER_LABELS)
     key = hashlib.sha1(label_pattern.encode())
     for f in files:
         stat = f.stat()

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from config import HelpFormatter
+from image_folders import FOLDER_LABELS
 from inputs import image_files, open_parquet
 from labels import parse_label
 from predict import Prediction, add_tta_flag, predict_images
@@ -50,7 +51,7 @@ def collect_examples(paths: list[str], parquet: str | None, rows: int) -> list[E
 def write_review(read: list[tuple[Example, Prediction]], n: int, folder: Path) -> Path:
     """Copy the ``n`` images of ``read`` the model is least sure of (lowest confidence) into
     ``folder`` with labels.csv holding its guesses: correct them there, then train on the
-    folder (--data FOLDER --labels FOLDER/labels.csv). Returns the CSV's path."""
+    folder (main.py --data FOLDER reads its labels.csv). Returns the CSV's path."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (ex, pred) in enumerate(sorted(read, key=lambda r: r[1].confidence)[:n]):
@@ -60,7 +61,7 @@ def write_review(read: list[tuple[Example, Prediction]], n: int, folder: Path) -
         name = f"{i:05d}_{source}{suffix}"
         (folder / name).write_bytes(data)
         rows.append([name, pred.text, f"{pred.confidence:.4f}"])
-    out = folder / "labels.csv"
+    out = folder / FOLDER_LABELS
     with open(out, "w", newline="") as f:
         csv.writer(f).writerows([["file", "label", "model_confidence"], *rows])
     return out
@@ -119,7 +120,7 @@ def main() -> None:
     if a.review:
         out = write_review(read, a.review, Path(a.review_dir))
         print(f"review: the {min(a.review, len(read))} least sure images and the model's guesses in {out}; correct the labels there,")
-        print(f"        then train on them: python main.py --data {a.review_dir} --labels {out} --init-from <base>")
+        print(f"        then train on them beside your other labels: python main.py --data <labelled> {a.review_dir} --init-from <model>")
     if a.grid and shown:
         tensors, predictions, truths = zip(*shown)
         grid = show_all_images_with_predictions(torch.stack(tensors), list(predictions), list(truths), a.grid, show=a.show)

@@ -76,8 +76,8 @@ def test_bench_few_shot_runs(tiny_parquet, tmp_path):
     base = train_model(config, load_data(config, LabelCodec(config.model.charset, config.model.max_len))) / "best.pt"
     out = run(
         "bench/bench_few_shot.py", "--base", str(base), "--generated", str(tiny_parquet), "--sizes", "30", "--test", "10",
-        "--unlabelled", "20", "--methods", "semi", "ceiling", "ignore-case", "review", "--minutes", "0.01", "--epochs", "1", "--batch-size", "8",
-        "--style", "imagecaptcha",
+        "--unlabelled", "20", "--methods", "semi", "ceiling", "ignore-case", "review", "--minutes", "0.01", "--epochs", "1",
+        "--batch-size", "8", "--style", "imagecaptcha",
     )  # fmt: skip
     for method in ("semi+20", "ceiling+20", "ignore-case", "review"):
         assert f"| 30 | {method} |" in out

@@ -171,8 +171,10 @@ def test_the_review_folder_holds_the_least_sure_with_guesses_that_train_back(tin
     assert rows[0]["file"].endswith(".jpeg") and rows[0]["label"] == "ab"
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([r["file"] for r in rows] + ["labels.csv"])
     assert read_label_file(out) == {r["file"]: r["label"] for r in rows}
-    summary = parquet_to_parquet([str(out.parent)], tmp_path / "reviewed.parquet", labels=str(out), charset="abc123", max_len=4)
-    assert summary["rows_out"] == 4
+    labelled = tmp_path / "labelled"
+    image_folder(tiny_parquet, labelled, n=5)  # labels in the file names, beside the review folder's labels.csv
+    summary = parquet_to_parquet([str(labelled), str(out.parent)], tmp_path / "both.parquet", charset="abc123", max_len=4)
+    assert summary["rows_out"] == 9 and not summary["dropped"]
 
 
 def test_test_py_review_flag_writes_the_folder(tiny_checkpoint, tiny_parquet, tmp_path):
