@@ -110,7 +110,7 @@ def vary(style: CaptchaStyle, rng: np.random.Generator) -> CaptchaStyle:
     (0.5-1.4x wide), text filling up to the whole height, bold strokes, one ink or many, a
     pale or tinted background, no to heavy noise, little to strong rotation and warp, as
     captchas in the wild differ. A model trained on them reads more of a foreign style as
-    it is, but was no better a base to fine-tune (bench/RESULTS.md, session 16)."""
+    it is, but was no better a base to fine-tune (bench/RESULTS.md, "Few labels")."""
     return replace(
         style,
         varied=False,

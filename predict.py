@@ -24,7 +24,7 @@ ImageSource = bytes | str | os.PathLike  # encoded image bytes or an image file
 # Test-time augmentation: the captcha read as it is and moved 2 pixels left and right, the
 # logits averaged. Each copy alone reads about as well as the original; together they read
 # 1.7-3.9 points more of our style (three models) and 4.8 more of a new style fine-tuned
-# from 1,000 labels, for 3x the model's time (bench/RESULTS.md, session 18).
+# from 1,000 labels, for 3x the model's time (bench/RESULTS.md, "The default run").
 TTA_SHIFTS = (0, -2, 2)
 
 

@@ -14,7 +14,7 @@ On the same generated captchas, with the default Config (model, batch, input siz
   DataLoader     the training loader alone (decode, preprocess, collate), with the default
                  workers and with one worker; and with one worker and augmentation on
 With --amp, train_step and train_model are compared with the autocast bare loop.
-Targets (issue 7): train_model at least 90% of the bare loop; the DataLoader at least 5x
+Targets: train_model at least 90% of the bare loop; the DataLoader at least 5x
 train_model's images/s and at least 1,000 images/s per worker.
 """
 

@@ -90,6 +90,16 @@ def test_api_call_matches_the_shared_prediction_path(server, tiny_checkpoint, ca
     assert Image.open(view).size == (96, 32)  # the tiny model's input, as the model sees it
 
 
+def test_api_answers_within_the_allowed_characters_and_length(server, captcha_file):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    text, confidence, chars, _ = client.predict(handle_file(str(captcha_file)), "1a", "3", api_name="/detect_captcha")
+    assert len(text) == 3 and set(text) <= set("1a") and len(chars) == 3 and 0 <= confidence <= 1
+    with pytest.raises(Exception, match="cannot read 'z'"):
+        client.predict(handle_file(str(captcha_file)), "z", "", api_name="/detect_captcha")
+
+
 def test_tta_recognizer_answers_as_predict_captcha_with_the_shifts(tiny_checkpoint, captcha_file):
     from interface import Recognizer
     from predict import TTA_SHIFTS
