@@ -19,6 +19,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E4
 from config import HelpFormatter  # noqa: E402
 from data_loader import evaluation_loader  # noqa: E402
 from device import get_device  # noqa: E402
+from familiarity import batch_warning  # noqa: E402
 from labels import SPLITS  # noqa: E402
 from metrics import full_report  # noqa: E402
 from predict import add_tta_flag, run_inference  # noqa: E402
@@ -60,6 +61,10 @@ def print_report(report: dict) -> None:
         print(f"{row['threshold']:>13.2f}  {row['coverage']:>8.1%}  {acc:>8}")
     cal = report["calibration"]
     print(f"calibration  mean confidence {cal['mean_confidence']:.2%}, accuracy {cs['seq_acc']:.2%}; error (ECE) {cal['ece']:.2%}")
+    if report["unfamiliar_share"] is not None:
+        print(f"familiarity  {report['unfamiliar_share']:.1%} of the images look unlike the training captchas (familiarity.py)")
+    if report["unfamiliar_warning"]:
+        print(report["unfamiliar_warning"])
     tta = f", test-time augmentation: shifts {report['tta_shifts']}" if len(report["tta_shifts"]) > 1 else ""
     print(f"\nspeed        {report['images_per_s']:.0f} images/s in the model (batch {report['batch_size']}, {report['device']}{tta})")
 
@@ -89,8 +94,11 @@ def main() -> None:
     if a.label_pattern is not None:
         config = dataclasses.replace(config, label_pattern=a.label_pattern)
     loader, skipped = evaluation_loader(config, codec, splits)
-    predictions, labels, confidences, seconds = run_inference(model, codec, loader, progress=True, shifts=a.shifts)
+    predictions, labels, confidences, seconds, flags = run_inference(model, codec, loader, progress=True, shifts=a.shifts)
+    known = [f for f in flags if f is not None]
     report = full_report(predictions, labels, confidences) | {
+        "unfamiliar_share": sum(known) / len(known) if known else None,
+        "unfamiliar_warning": batch_warning(flags, confidences, getattr(model, "feature_stats", None)),
         "checkpoint": ckpt["path"],
         "data": config.data,
         "splits": split,

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from checkpoints import save_checkpoint
+from familiarity import fit_stats
+from predict import answers
 from utils import load_model
 
 GRID = torch.logspace(-1.0, 0.7, 171)  # candidate temperatures 0.1 .. 5
@@ -30,23 +32,29 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float,
 
 
 @torch.no_grad()
-def collect_logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` (eval mode) over ``loader`` -> (logits (N, L, K), targets (N, L))."""
+def collect_logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model`` (eval mode) over ``loader`` -> (logits (N, L, K), targets (N, L),
+    embeddings (N, F))."""
     model.eval()
     device = next(model.parameters()).device
-    logits, targets = [], []
+    logits, targets, embeddings = [], [], []
     for images, batch_targets, _ in loader:
         if images is not None:
-            logits.append(model(images.to(device, memory_format=torch.channels_last)).float().cpu())
+            batch_logits, batch_embeddings = model(images.to(device, memory_format=torch.channels_last), with_embedding=True)
+            logits.append(batch_logits.float().cpu())
+            embeddings.append(batch_embeddings.float().cpu())
             targets.append(batch_targets)
-    return torch.cat(logits), torch.cat(targets)
+    return torch.cat(logits), torch.cat(targets), torch.cat(embeddings)
 
 
 def calibrate_checkpoint(path: Path, loader, device: str | torch.device = "cpu") -> tuple[float, float, float]:
     """Fit T for the checkpoint at ``path`` on ``loader`` (the validation split) and store it
-    in the file as ``temperature`` (atomically); returns fit_temperature's triple."""
-    model, _, _, ckpt = load_model(path, device)
-    fitted = fit_temperature(*collect_logits(model, loader))
+    in the file as ``temperature``, with the validation captchas' feature and confidence
+    statistics (familiarity.py) as ``feature_stats`` (atomically); returns fit_temperature's triple."""
+    model, codec, _, ckpt = load_model(path, device)
+    logits, targets, embeddings = collect_logits(model, loader)
+    fitted = fit_temperature(logits, targets)
     state = {k: v for k, v in ckpt.items() if k != "path"}  # "path" is load_model's note, not file content
-    save_checkpoint(Path(path), **(state | {"temperature": fitted[0]}))
+    confidences = answers(logits, fitted[0], codec)[2]  # (N,) whole-answer confidences, as the scripts read them
+    save_checkpoint(Path(path), **(state | {"temperature": fitted[0], "feature_stats": fit_stats(embeddings, confidences)}))
     return fitted

@@ -20,7 +20,9 @@ CHECKPOINT_VERSION = 1
 # the general base that ships with the project (pretrained/README.md): read with when
 # saved_models/ holds nothing, and started from by semi-supervised runs given no --init-from
 SHIPPED = Path(__file__).resolve().parent / "pretrained" / "general.pt"
-WEIGHTS_ONLY_KEYS = ("model", "config", "charset", "temperature", "best_metric", "epoch", "history", "saved_at", "train_seconds")
+WEIGHTS_ONLY_KEYS = (
+    "model", "config", "charset", "temperature", "feature_stats", "best_metric", "epoch", "history", "saved_at", "train_seconds",
+)  # fmt: skip
 
 
 def save_checkpoint(path: Path, **state) -> None:

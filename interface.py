@@ -18,10 +18,12 @@ from PIL import Image
 from captcha_generator import CaptchaStyle, generate_captcha, generate_random_string
 from config import HelpFormatter
 from data_loader import preprocess_image
+from familiarity import batch_warning
 from predict import add_tta_flag, predict_captcha
 from utils import add_model_flags, recognizer_from_args
 
 MAX_UPLOAD = "2mb"
+UNFAMILIAR = "This captcha looks unlike anything the model was trained on: its answer is a guess, whatever its confidence."
 
 
 def confidence_colour(confidence: float) -> str:
@@ -88,6 +90,10 @@ class Recognizer:
         except ValueError as err:
             raise gr.Error(str(err)) from None
 
+    def _predict(self, path: str, allowed_chars: str, length: str):
+        tensor = self._read(path)
+        return predict_captcha(self.model, self._codec(allowed_chars, length), tensor, shifts=self.shifts)[0], tensor
+
     def detect_captcha(self, path: str | None, allowed_chars: str = "", length: str = ""):
         """One image path -> (text, confidence, [(char, confidence)], model-view image); the
         answer only of ``allowed_chars`` and of a ``length`` of "N" or "MIN-MAX" where given.
@@ -95,21 +101,27 @@ class Recognizer:
         No image (the input was cleared) gives empty outputs."""
         if not path:
             return "", None, [], None
-        tensor = self._read(path)
-        pred = predict_captcha(self.model, self._codec(allowed_chars, length), tensor, shifts=self.shifts)[0]
+        pred, tensor = self._predict(path, allowed_chars, length)
+        if pred.unfamiliar:
+            gr.Warning(UNFAMILIAR)
         view = ((tensor + 1) * 127.5).clamp(0, 255).byte().permute(1, 2, 0).squeeze(-1).numpy()
         chars = [(ch, f"{conf:.2f}") for ch, conf in zip(pred.text, pred.char_confidences)]
         return pred.text, round(pred.confidence, 4), chars, view
 
     def detect_many(self, paths: list[str] | None, allowed_chars: str = "", length: str = "") -> list[list]:
         """Several image paths -> table rows [file, prediction, confidence] (errors as rows)."""
-        rows = []
+        rows, flags, confidences = [], [], []
         for path in paths or []:
             try:
-                text, conf, _, _ = self.detect_captcha(path, allowed_chars, length)
-                rows.append([Path(path).name, text, conf])
+                pred, _ = self._predict(path, allowed_chars, length)
+                rows.append([Path(path).name, pred.text, round(pred.confidence, 4)])
+                flags.append(pred.unfamiliar)
+                confidences.append(pred.confidence)
             except gr.Error as err:
                 rows.append([Path(path).name, "", f"error: {err.message}"])
+        warning = batch_warning(flags, confidences, getattr(self.model, "feature_stats", None))
+        if warning:
+            gr.Warning(warning.removeprefix("warning: "))
         return rows
 
 

@@ -78,6 +78,7 @@ class CNNModel(nn.Module):
     from its ModelConfig alone (``config.num_classes`` counts the end/pad class, index 0)."""
 
     temperature = 1.0  # confidences are softmax(logits / temperature); set from the checkpoint (calibration.py)
+    feature_stats = None  # the training captchas' feature statistics (familiarity.py); set from the checkpoint
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -104,12 +105,14 @@ class CNNModel(nn.Module):
         """The modules the pretraining phase freezes."""
         return [self.backbone]
 
-    def forward(self, images: torch.Tensor, with_ctc: bool = False):
+    def forward(self, images: torch.Tensor, with_ctc: bool = False, with_embedding: bool = False):
         """images (B, C, H, W) float, normalised -> logits (B, max_len, num_classes).
 
         With ``with_ctc`` also returns per-column logits (B, w, num_classes) for the
         auxiliary CTC loss (class 0 doubling as the blank), which teaches the columns
-        where characters are far sooner than the position heads alone.
+        where characters are far sooner than the position heads alone. With
+        ``with_embedding`` (instead) the backbone's features averaged over the image
+        (B, F): what familiarity.py compares with the training captchas'.
         """
         feats = self.backbone.extract_features(images)  # (B, F, h, w)
         columns = self.proj(feats.mean(dim=2).transpose(1, 2)) + self.column_pos  # (B, w, D)
@@ -117,4 +120,6 @@ class CNNModel(nn.Module):
         queries = self.queries.expand(images.shape[0], -1, -1)  # (B, max_len, D)
         attended, _ = self.attend(queries, columns, columns, need_weights=False)
         logits = self.classifier(self.norm(attended + queries))  # (B, max_len, num_classes)
-        return (logits, self.ctc_classifier(columns)) if with_ctc else logits
+        if with_ctc:
+            return logits, self.ctc_classifier(columns)
+        return (logits, feats.mean(dim=(2, 3))) if with_embedding else logits

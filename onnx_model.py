@@ -36,6 +36,7 @@ class OnnxModel:
     images (B, C, H, W) float tensor -> logits (B, max_len, num_classes) tensor."""
 
     device = torch.device("cpu")
+    feature_stats = None  # the exported graph gives logits only: no familiarity check
 
     def __init__(self, path: str | os.PathLike, threads: int = 0):
         import onnxruntime as ort

@@ -17,6 +17,7 @@ from codec import Answers, LabelCodec
 from config import Config
 from data_loader import SquarePadAndResize, image_pixels
 from device import autocast
+from familiarity import unfamiliar
 from progress import progress_bar
 
 ImageSource = bytes | str | os.PathLike  # encoded image bytes or an image file
@@ -41,6 +42,7 @@ class Prediction:
     text: str
     confidence: float  # product of the per-position probabilities, end/pad positions included (constrained: given the allowed answers)
     char_confidences: list[float]  # one per predicted character
+    unfamiliar: bool | None = None  # looks unlike the training captchas (familiarity.py); None: not known
 
 
 def shift_right(images: torch.Tensor, dx: int) -> torch.Tensor:
@@ -53,10 +55,11 @@ def shift_right(images: torch.Tensor, dx: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_batch(model: torch.nn.Module, images: torch.Tensor, codec: LabelCodec, views: int = 1) -> tuple[torch.Tensor, ...]:
+def predict_batch(model: torch.nn.Module, images: torch.Tensor, codec: LabelCodec, views: int = 1) -> tuple:
     """images (views * B, C, H, W): ``views`` copies of B captchas, one after the other ->
     (class ids (B, max_len), probabilities of those ids (B, max_len), whole-answer
-    confidences (B,)), from the logits averaged over the copies, at the model's calibrated
+    confidences (B,), unfamiliar (B,) bool or None where the model carries no feature
+    statistics), from the logits averaged over the copies, at the model's calibrated
     ``temperature``. (Averaging the probabilities instead read as well but left the
     confidences too low: ECE 3.8-13% against 3.2-7.4%.)
 
@@ -65,8 +68,20 @@ def predict_batch(model: torch.nn.Module, images: torch.Tensor, codec: LabelCode
     the model's own for that character, so an answer it did not believe in carries a low
     confidence. With ``codec.answers`` the answer is the likeliest one they allow
     (constrained_answers)."""
-    logits = model(images).float().unflatten(0, (views, -1)).mean(dim=0)  # (B, max_len, K)
-    probs = (logits / model.temperature).softmax(dim=-1)
+    flags = None
+    if getattr(model, "feature_stats", None) is not None:
+        logits, embeddings = model(images, with_embedding=True)
+        flags = unfamiliar(embeddings.float().unflatten(0, (views, -1)).mean(dim=0), model.feature_stats)
+    else:
+        logits = model(images)
+    logits = logits.float().unflatten(0, (views, -1)).mean(dim=0)  # (B, max_len, K)
+    return (*answers(logits, model.temperature, codec), flags)
+
+
+def answers(logits: torch.Tensor, temperature: float, codec: LabelCodec) -> tuple[torch.Tensor, ...]:
+    """Logits (B, max_len, K) -> predict_batch's (class ids, their probabilities, whole-answer
+    confidences), at ``temperature``."""
+    probs = (logits / temperature).softmax(dim=-1)
     if codec.answers is not None:
         return constrained_answers(probs, codec.answers)
     choice = probs.clone()
@@ -116,11 +131,12 @@ def predict_captcha(
     if isinstance(model, torch.nn.Module):  # an OnnxModel takes plain contiguous arrays
         images = images.to(device, memory_format=torch.channels_last)
     with autocast(device, amp):
-        ids, conf, whole = predict_batch(model, images, codec, len(shifts))
+        ids, conf, whole, flags = predict_batch(model, images, codec, len(shifts))
+    flags = [None] * len(ids) if flags is None else flags.tolist()
     out = []
-    for row_ids, row_conf, row_whole in zip(ids.tolist(), conf.cpu().numpy(), whole.tolist()):
+    for row_ids, row_conf, row_whole, flag in zip(ids.tolist(), conf.cpu().numpy(), whole.tolist(), flags):
         text = codec.decode(row_ids)
-        out.append(Prediction(text, float(row_whole), [round(float(c), 4) for c in row_conf[: len(text)]]))
+        out.append(Prediction(text, float(row_whole), [round(float(c), 4) for c in row_conf[: len(text)]], flag))
     return out
 
 
@@ -191,10 +207,11 @@ def run_inference(
 ):
     """Predict every batch of ``loader`` (items from CaptchaDataset); ``shifts`` as in predict_captcha.
 
-    Returns (predicted texts, true labels, whole-sequence confidences, seconds spent in the model).
+    Returns (predicted texts, true labels, whole-sequence confidences, seconds spent in the
+    model, unfamiliar flags: True, False or None per image, as Prediction.unfamiliar).
     """
     model.eval()
-    predictions, labels, confidences, seconds = [], [], [], 0.0
+    predictions, labels, confidences, seconds, flags = [], [], [], 0.0, []
     for images, targets, _ in progress_bar(loader, desc="predicting", unit="batch", disable=not progress, leave=False):
         if images is None:
             continue
@@ -203,5 +220,6 @@ def run_inference(
         seconds += time.perf_counter() - start
         predictions += [p.text for p in batch]
         confidences += [p.confidence for p in batch]
+        flags += [p.unfamiliar for p in batch]
         labels += [codec.decode(row) for row in targets]
-    return predictions, labels, confidences, seconds
+    return predictions, labels, confidences, seconds, flags

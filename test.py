@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from config import HelpFormatter
+from familiarity import batch_warning
 from image_folders import FOLDER_LABELS
 from inputs import image_files, open_parquet
 from labels import parse_label
@@ -107,13 +108,17 @@ def main() -> None:
             if not a.quiet:
                 chars = " ".join(f"{c}:{q:.2f}" for c, q in zip(pred.text, pred.char_confidences))
                 said = "" if truth is None else f"  truth {truth} {'OK' if pred.text == truth else 'WRONG'}"
-                print(f"{ex.name}: {pred.text or '(empty)'}  confidence {pred.confidence:.3f}  [{chars}]{said}")
+                odd = "  (looks unlike the training captchas)" if pred.unfamiliar else ""
+                print(f"{ex.name}: {pred.text or '(empty)'}  confidence {pred.confidence:.3f}  [{chars}]{said}{odd}")
             if writer:
                 writer.writerow([ex.name, pred.text, f"{pred.confidence:.4f}", " ".join(f"{q:.4f}" for q in pred.char_confidences)])
             if len(shown) < a.grid_size:
                 shown.append((tensor, pred, truth))
     if known:
         print(f"correct: {correct}/{known}")
+    warning = batch_warning([p.unfamiliar for _, p in read], [p.confidence for _, p in read], getattr(model, "feature_stats", None))
+    if warning:
+        print(warning)
     print(f"predicted {len(read)} images, skipped {len(failures)} unreadable")
     if a.csv:
         print(f"csv: {a.csv}")

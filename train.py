@@ -386,14 +386,14 @@ class Trainer:
         """Read the validation split, re-plan the time budget, print and record the epoch's
         row, and save best.pt (when better) and last.pt."""
         validation_start = time.perf_counter()
-        predictions, labels, _, _ = run_inference(self.opt.model, self.codec, self.loaders["val"], self.config.amp)
+        predictions, labels, *_ = run_inference(self.opt.model, self.codec, self.loaders["val"], self.config.amp)
         scheduler = self.opt.scheduler
         if self.budget.active and scheduler.last_epoch < scheduler.total_steps:
             self.fit_to_deadline(train_time / sums["step"], time.perf_counter() - validation_start, first=False)
         metrics = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
         teacher = None
         if self.ema is not None:
-            predictions, labels, _, _ = run_inference(self.ema.module, self.codec, self.loaders["val"], self.config.amp)
+            predictions, labels, *_ = run_inference(self.ema.module, self.codec, self.loaders["val"], self.config.amp)
             teacher = sequence_metrics(distributed.gather_lists(predictions), distributed.gather_lists(labels))
         row = _epoch_row(epoch, sums, metrics, train_time, self.opt.scheduler.get_last_lr()[0], teacher)
         self.history.append(row)

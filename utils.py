@@ -41,6 +41,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     model = CNNModel(m)
     load_weights(model, ckpt["model"], f"{path} ({m.variant}, {m.img_height}x{m.img_width}, {len(m.charset)} characters)")
     model.temperature = float(ckpt.get("temperature", 1.0))  # calibration.py; absent before calibration
+    model.feature_stats = ckpt.get("feature_stats")  # familiarity.py; absent before calibration
     model.to(get_device(device)).eval()
     ckpt["path"] = str(path)
     return model, LabelCodec.for_model(m), config, ckpt
