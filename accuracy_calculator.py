@@ -62,7 +62,7 @@ def print_report(report: dict) -> None:
     cal = report["calibration"]
     print(f"calibration  mean confidence {cal['mean_confidence']:.2%}, accuracy {cs['seq_acc']:.2%}; error (ECE) {cal['ece']:.2%}")
     if report["unfamiliar_share"] is not None:
-        print(f"familiarity  {report['unfamiliar_share']:.1%} of the images look unlike the training captchas (familiarity.py)")
+        print(f"familiarity  {report['unfamiliar_share']:.1%} of the images lie outside the training captchas' features (familiarity.py)")
     if report["unfamiliar_warning"]:
         print(report["unfamiliar_warning"])
     tta = f", test-time augmentation: shifts {report['tta_shifts']}" if len(report["tta_shifts"]) > 1 else ""
