@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from common import machine  # noqa: F401  (puts the repository on sys.path)
-from tqdm import tqdm
 
 from captcha_generator import SCHEMA, TEXT_TEMPLATE, generate_random_string
 from config import HelpFormatter
 from labels import DEFAULT_CHARSET
+from progress import progress_bar
 
 
 class SeededSecrets:
@@ -106,7 +106,7 @@ def write_third_party(
     else:
         render = None
     rows = {"bytes": [], "path": [], "text": []}
-    for index in tqdm(range(count), desc=f"{style} captchas", unit="img", leave=False):
+    for index in progress_bar(range(count), desc=f"{style} captchas", unit="img", leave=False):
         rng = np.random.default_rng([seed, index])
         label = generate_random_string(rng, charset, min_len, max_len)
         if render is None:  # multicolorcaptcha picks its own characters
