@@ -7,6 +7,7 @@ python interface.py --allowed-chars 0123456789 --length 4   # answers the site c
 """
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def model_card(ckpt: dict) -> str:
     """One Markdown line about the model: a checkpoint dict or load_onnx's info dict."""
     acc = ckpt.get("best_metric")
     acc_text = "n/a" if acc is None else f"{acc:.2%}"
-    return f"**Model** `{ckpt['path']}` · trained {ckpt.get('saved_at', 'unknown')} · best validation sequence accuracy {acc_text}"
+    where = os.path.relpath(ckpt["path"]) if not os.path.relpath(ckpt["path"]).startswith("..") else ckpt["path"]
+    return f"**Model** `{where}` · trained {ckpt.get('saved_at', 'unknown')} · best validation sequence accuracy {acc_text}"
 
 
 def make_examples(folder: Path, n: int = 4, seed: int = 12345) -> list[str]:
