@@ -64,14 +64,16 @@ def test_spatial_means_are_exported_as_pooling(exported):
 
 
 def test_onnxruntime_predictions_equal_pytorch_on_every_image(exported, tiny_checkpoint, tiny_parquet):
-    onnx_model, codec, config, _ = load_onnx(exported)
+    onnx_model, plain, config, _ = load_onnx(exported)
     model, _, _, _ = load_model(tiny_checkpoint)
     images = torch.stack([preprocess_image(r["image"]["bytes"], config) for r in pq.read_table(tiny_parquet).to_pylist()])
-    for batch in (images[:1], images[1:8], images):  # the batch axis is dynamic
+    constrained = plain.constrained("1a", "3")
+    for batch, codec in ((images[:1], plain), (images[1:8], plain), (images, plain), (images, constrained)):  # dynamic batch axis
         ours, theirs = predict_captcha(model, codec, batch), predict_captcha(onnx_model, codec, batch)
         assert [p.text for p in ours] == [p.text for p in theirs]
         assert all(abs(a.confidence - b.confidence) < 1e-4 for a, b in zip(ours, theirs))
         assert all(abs(x - y) < 1e-4 for a, b in zip(ours, theirs) for x, y in zip(a.char_confidences, b.char_confidences))
+    assert all(len(p.text) == 3 and set(p.text) <= set("1a") for p in theirs)  # the last batch: constrained
 
 
 def test_test_py_from_onnx_writes_the_same_csv_as_from_the_checkpoint(exported, tiny_checkpoint, tiny_parquet, tmp_path):
