@@ -186,12 +186,12 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
 
 def finetune_config(base: Config, asked: Config, given: set[str]) -> Config:
     """``asked`` with the model of the checkpoint's config ``base``: its shape always, its
-    regularisation unless given, its charset extended by any characters of ``asked``'s
+    regularisation and case folding unless given, its charset extended by any characters of ``asked``'s
     that it lacks when --charset is ``given`` (the names of the flags on the command line);
     the shortest answer is the fine-tune's own (by default its shortest training label)."""
     wanted = asked.model.charset if "charset" in given else ""
     grown = base.model.charset + "".join(dict.fromkeys(c for c in wanted if c not in base.model.charset))
-    own = {name: getattr(asked.model, name) for name in REGULARISATION_FIELDS if name in given}
+    own = {name: getattr(asked.model, name) for name in (*REGULARISATION_FIELDS, "ignore_case") if name in given}
     return replace(asked, model=replace(base.model, charset=grown, min_len=asked.model.min_len, **own))
 
 

@@ -215,3 +215,12 @@ def test_predict_captcha_uses_the_codec_constraints():
 
     (pred,) = predict_captcha(Uniform(), LabelCodec("abc", 5).constrained("c", "4"), torch.zeros(1, 3, 8, 8))
     assert pred.text == "cccc" and pred.confidence == pytest.approx(1.0)
+
+
+def test_a_fine_tune_may_fold_the_case_of_a_case_sensitive_base():
+    from config import finetune_config
+
+    base = Config()
+    folded = finetune_config(base, Config.from_flat({"ignore_case": True}), {"ignore_case"}).model
+    assert folded.ignore_case and folded.charset == "0123456789abcdefghijklmnopqrstuvwxyz"
+    assert not finetune_config(base, Config(), set()).model.ignore_case  # not given: the base's own
