@@ -98,7 +98,7 @@ def main() -> None:
     known = [f for f in flags if f is not None]
     report = full_report(predictions, labels, confidences) | {
         "unfamiliar_share": sum(known) / len(known) if known else None,
-        "unfamiliar_warning": batch_warning(flags, confidences, getattr(model, "feature_stats", None)),
+        "unfamiliar_warning": batch_warning(flags, confidences, model.feature_stats),
         "checkpoint": ckpt["path"],
         "data": config.data,
         "splits": split,

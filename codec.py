@@ -2,6 +2,7 @@
 label handling that needs torch, so the data scripts can do without it), and the answers a
 reader may give: its alphabet and lengths."""
 
+import copy
 import dataclasses
 
 import torch
@@ -40,9 +41,8 @@ class LabelCodec:
     def constrained(self, allowed_chars: str = "", length: str = "") -> "LabelCodec":
         """A copy whose answers use only ``allowed_chars`` (all when empty) and have a
         length in ``length`` ("N" or "MIN-MAX"; the trained range when empty)."""
-        out = LabelCodec(self.charset, self.max_len, self.min_len, self.ignore_case)
-        if allowed_chars or length:
-            out.answers = Answers.parse(self, allowed_chars, length)
+        out = copy.copy(self)
+        out.answers = Answers.parse(self, allowed_chars, length) if allowed_chars or length else None
         return out
 
     @property

@@ -41,7 +41,8 @@ def model_card(ckpt: dict) -> str:
     """One Markdown line about the model: a checkpoint dict or load_onnx's info dict."""
     acc = ckpt.get("best_metric")
     acc_text = "n/a" if acc is None else f"{acc:.2%}"
-    where = os.path.relpath(ckpt["path"]) if not os.path.relpath(ckpt["path"]).startswith("..") else ckpt["path"]
+    where = os.path.relpath(ckpt["path"])
+    where = ckpt["path"] if where.startswith("..") else where
     return f"**Model** `{where}` · trained {ckpt.get('saved_at', 'unknown')} · best validation sequence accuracy {acc_text}"
 
 
@@ -121,7 +122,7 @@ class Recognizer:
                 confidences.append(pred.confidence)
             except gr.Error as err:
                 rows.append([Path(path).name, "", f"error: {err.message}"])
-        warning = batch_warning(flags, confidences, getattr(self.model, "feature_stats", None))
+        warning = batch_warning(flags, confidences, self.model.feature_stats)
         if warning:
             gr.Warning(warning.removeprefix("warning: "))
         return rows

@@ -116,7 +116,7 @@ def main() -> None:
                 shown.append((tensor, pred, truth))
     if known:
         print(f"correct: {correct}/{known}")
-    warning = batch_warning([p.unfamiliar for _, p in read], [p.confidence for _, p in read], getattr(model, "feature_stats", None))
+    warning = batch_warning([p.unfamiliar for _, p in read], [p.confidence for _, p in read], model.feature_stats)
     if warning:
         print(warning)
     print(f"predicted {len(read)} images, skipped {len(failures)} unreadable")

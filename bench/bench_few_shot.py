@@ -86,17 +86,18 @@ def review_cell(a, labelled: Path, pool: Path, out: Path) -> tuple[list[str], fl
     ``labelled`` trains a model, test.py --review picks as many captchas of ``pool`` as it is
     least sure of, and they join that half with their true labels."""
     table = pq.read_table(labelled, columns=["image", "text"])
-    half = concat_tables([table.slice(0, len(table) // 2)], out / "half.parquet")
+    first_half = table.slice(0, len(table) // 2)
+    half = concat_tables([first_half], out / "half.parquet")
     start = time.perf_counter()
     tune = ["--init-from", a.base, "--lr", str(a.finetune_lr)]
     chooser, _ = train([*tune, "--data", str(half)], "review-chooser", out, a.minutes, a.batch_size, a.epochs)
     rows = pq.read_metadata(pool).num_rows
     cmd = [sys.executable, str(ROOT / "test.py"), "--checkpoint", str(chooser), "--parquet", str(pool), "--rows", str(rows)]
-    cmd += ["--review", str(len(table) - len(table) // 2), "--review-dir", str(out / "to_label"), "--quiet", "--grid", ""]
+    cmd += ["--review", str(len(table) - len(first_half)), "--review-dir", str(out / "to_label"), "--quiet", "--grid", ""]
     subprocess.run(cmd, check=True, capture_output=True)
     chosen = [int(re.search(r"_(\d+)\.\w+$", r["file"]).group(1)) for r in csv.DictReader(open(out / "to_label" / "labels.csv"))]
     pool_table = pq.read_table(pool, columns=["image", "text"])
-    both = concat_tables([table.slice(0, len(table) // 2), pool_table.take(chosen)], out / "reviewed.parquet")
+    both = concat_tables([first_half, pool_table.take(chosen)], out / "reviewed.parquet")
     return [*tune, "--data", str(both)], (time.perf_counter() - start) / 60
 
 
