@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atomic import atomic_write
-from inputs import find_parquet_files, image_files
+from inputs import cache_folder, find_parquet_files, image_files
 from labels import DEFAULT_LABEL_PATTERN, label_from_name
 
 FOLDER_LABELS = "labels.csv"  # a folder's own label file, used unless --labels names another
@@ -36,11 +36,11 @@ def read_label_file(path: str | Path) -> dict[str, str]:
     return {Path(r[0].strip()).name: r[1].strip() for r in rows}
 
 
-def folder_parquet(folder: Path, labels: str = "", label_pattern: str = DEFAULT_LABEL_PATTERN) -> Path:
+def folder_parquet(folder: Path, labels: str = "", label_pattern: str = DEFAULT_LABEL_PATTERN, cache: Path | None = None) -> Path:
     """``folder``'s image files (not its subfolders) as a parquet file in the shared schema
-    (built once per state of the files, the label file and the pattern); returns its path.
-    Without ``labels``, a ``labels.csv`` inside the folder (what test.py --review writes)
-    labels it."""
+    (built once per state of the files, the label file and the pattern) in ``cache``
+    (default: inputs.cache_folder); returns its path. Without ``labels``, a ``labels.csv``
+    inside the folder (what test.py --review writes) labels it."""
     files = image_files(folder)
     if not labels and (folder / FOLDER_LABELS).is_file():
         labels = str(folder / FOLDER_LABELS)
@@ -50,7 +50,7 @@ def folder_parquet(folder: Path, labels: str = "", label_pattern: str = DEFAULT_
         key.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     if labels:
         key.update(Path(labels).read_bytes())
-    output = folder / ".cache" / f"images-{key.hexdigest()[:12]}.parquet"
+    output = (cache or cache_folder(folder)) / f"images-{key.hexdigest()[:12]}.parquet"
     if output.exists():
         return output
     named = read_label_file(labels) if labels else None

@@ -4,7 +4,9 @@ No torch here, so the data scripts and their worker processes stay light.
 """
 
 import glob
+import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,15 @@ def find_parquet_files(paths: list[str]) -> list[Path]:
         else:
             found.update(Path(m) for m in glob.glob(p, recursive=True) if m.endswith(".parquet"))
     return sorted(found)
+
+
+def cache_folder(folder: Path) -> Path:
+    """Where the caches of the files in ``folder`` are kept: its ``.cache/``, or, when the
+    folder is read-only (a mounted dataset), a folder of the user's ``~/.cache/captcha-ocr/``
+    named after it."""
+    if os.access(folder, os.W_OK):
+        return folder / ".cache"
+    return Path.home() / ".cache" / "captcha-ocr" / hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}

@@ -18,7 +18,10 @@ Methods, each started from --base except scratch:
               labelled with their true labels as a person would), fine-tune on both halves
 
 The styles are third-party renderers our generator neither imitates nor samples from
-(bench/third_party_captchas.py).
+(bench/third_party_captchas.py); --folder takes a labelled folder of a real site's captchas
+instead, shuffled and cut into the test, labelled and unlabelled sets:
+
+    python bench/bench_few_shot.py --base pretrained/general.pt --folder site/ --test 2000 --sizes 1000 --unlabelled 2000
 """
 
 import argparse
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import ROOT, accuracy_report, machine
+from common import ROOT, accuracy_report, folder_cuts, machine
 from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
@@ -101,6 +104,26 @@ def review_cell(a, labelled: Path, pool: Path, out: Path) -> tuple[list[str], fl
     return [*tune, "--data", str(both)], (time.perf_counter() - start) / 60
 
 
+def data_sets(a, tmp: Path) -> tuple[Path, dict[int, Path], dict[int, Path]]:
+    """(test set, {size: unlabelled pool}, {size: labelled set}) of --style's renderer (fresh
+    draws, each with a seed of its own) or of --folder (one shuffle cut into test, labelled
+    and pool captchas; smaller sets are the first rows of the largest, and a pool the folder
+    cannot fill is what is left)."""
+    if not a.folder:
+        test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001, style=a.style)
+        pools = {n: write_third_party(n, tmp / f"pool{n}" / "pool.parquet", seed=5000 + n, style=a.style) for n in a.unlabelled}
+        labelled = {n: write_third_party(n, tmp / f"train{n}" / "train.parquet", seed=2000 + n, style=a.style) for n in a.sizes}
+        return test, pools, labelled
+    cuts = folder_cuts(Path(a.folder), tmp / "folder", {"test": a.test, "labelled": max(a.sizes), "pool": max(a.unlabelled)})
+
+    def first(name: str, n: int) -> Path:
+        table = pq.read_table(cuts[name])
+        return concat_tables([table.slice(0, n)], tmp / f"{name}{n}" / f"{name}.parquet")
+
+    pool_rows = pq.read_metadata(cuts["pool"]).num_rows
+    return cuts["test"], {min(n, pool_rows): first("pool", n) for n in a.unlabelled}, {n: first("labelled", n) for n in a.sizes}
+
+
 def concat_tables(tables: list[pa.Table], output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.concat_tables(tables), output)
@@ -120,15 +143,15 @@ def main() -> None:
     p.add_argument("--finetune-lr", type=float, default=3e-3, help="peak learning rate of the fine-tuning methods")
     p.add_argument("--methods", nargs="+", default=["fine-tune", "semi"], choices=METHODS, help="which methods to run")
     p.add_argument("--style", choices=STYLES, default="wheezy", help="the new style (third_party_captchas.py)")
+    p.add_argument("--folder", default=None, help="a labelled folder of a site's captchas instead of --style, cut into the sets")
     p.add_argument("--json", default=None, help="also write the rows here")
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001, style=a.style)
-        pools = {n: write_third_party(n, tmp / f"pool{n}" / "pool.parquet", seed=5000 + n, style=a.style) for n in a.unlabelled}
-        for size in a.sizes:
-            labelled = write_third_party(size, tmp / f"train{size}" / "train.parquet", seed=2000 + size, style=a.style)
+        test, pools, labelled_sets = data_sets(a, tmp)
+        test_rows = pq.read_metadata(test).num_rows
+        for size, labelled in labelled_sets.items():
             todo = cells(a, labelled, pools)
             chose_minutes = 0.0
             if "review" in a.methods:
@@ -141,7 +164,7 @@ def main() -> None:
                 rows.append({"labelled": size, "method": name, "minutes": round(minutes, 1)} | _figures(report))
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\nmachine: {machine()}; {a.minutes:g} minutes per cell, batch {a.batch_size}, fine-tuning lr {a.finetune_lr:g}")
-    print(f"base: {a.base}; test: {a.test} {a.style} captchas\n")
+    print(f"base: {a.base}; test: {test_rows} {a.folder or a.style} captchas\n")
     print("| labelled | method | minutes | seq acc (case-insensitive) | seq acc | CER (case-insensitive) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -5,10 +5,12 @@ Third-party renderers from PyPI draw the test captchas (bench/third_party_captch
 generator neither imitates nor samples from any of them. Each of our checkpoints is scored
 with accuracy_calculator.py (also its calibration: ECE, and coverage and accuracy at
 confidence 0.9 and 0.95); the ready-made readers ddddocr (DdddOcr(beta=True)) and
-captcha-whisperer read the same PNG bytes one at a time.
+captcha-whisperer read the same PNG bytes one at a time. ``--folders`` adds labelled folders
+of real sites' captchas (labels from the file names, as main.py reads them), each read whole.
 
     pip install -r requirements-bench.txt
     python bench/bench_zero_shot.py --checkpoint base/general.pt saved_models/<run>/best.pt --count 2000
+    python bench/bench_zero_shot.py --checkpoint pretrained/general.pt --styles --folders site_a/ site_b/
 """
 
 import argparse
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from common import accuracy_report, machine
+from common import accuracy_report, folder_cuts, machine
 from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
@@ -67,7 +69,8 @@ def coverage_at(report: dict, threshold: float) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", nargs="+", default=[], help="our checkpoints to score")
-    p.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES, help="third-party renderers")
+    p.add_argument("--styles", nargs="*", default=list(STYLES), choices=STYLES, help="third-party renderers (none: give no names)")
+    p.add_argument("--folders", nargs="*", default=[], help="labelled folders of image files, each read whole")
     p.add_argument("--count", type=int, default=2000, help="test captchas per style")
     p.add_argument("--seed", type=int, default=1001, help="seed of the test captchas")
     p.add_argument("--no-peers", action="store_true", help="skip ddddocr and captcha-whisperer")
@@ -75,8 +78,10 @@ def main() -> None:
     readers = {} if a.no_peers else peers()
     results = []  # (style, reader, report)
     with tempfile.TemporaryDirectory() as tmp:
-        for style in a.styles:
-            data = write_third_party(a.count, Path(tmp) / f"{style}.parquet", seed=a.seed, style=style)
+        sets = {style: write_third_party(a.count, Path(tmp) / f"{style}.parquet", seed=a.seed, style=style) for style in a.styles}
+        for folder in map(Path, a.folders):
+            sets[folder.name] = folder_cuts(folder, Path(tmp) / folder.name, {"all": 10**9})["all"]
+        for style, data in sets.items():
             for checkpoint in a.checkpoint:
                 report = accuracy_report(Path(checkpoint), data, Path(tmp) / f"{style}-{Path(checkpoint).parent.name}.json")
                 results.append((style, checkpoint, report))
@@ -84,7 +89,7 @@ def main() -> None:
             for name, read in readers.items():
                 results.append((style, name, score_peer(read, data)))
                 print(f"{style} {name}: {results[-1][2]['case_insensitive']['seq_acc']:.2%} case-insensitive", flush=True)
-    print(f"\nmachine: {machine()}; {a.count} captchas per style, seed {a.seed}\n")
+    print(f"\nmachine: {machine()}; {a.count} captchas per style, seed {a.seed}; folders read whole\n")
     print(
         "| style | reader | seq acc (case-insensitive) | seq acc | CER (case-insensitive) | images/s | ECE | coverage / accuracy at 0.9 |"
     )

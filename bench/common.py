@@ -1,4 +1,5 @@
-"""Shared by the bench scripts: machine description and process-tree memory sampling."""
+"""Shared by the bench scripts: machine description, scoring a checkpoint, cutting a labelled
+folder into sets, and process-tree memory sampling."""
 
 import json
 import os
@@ -10,10 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from image_folders import folder_parquet  # noqa: E402
 
 
 def machine() -> str:
@@ -49,6 +54,20 @@ def accuracy_report(checkpoint: Path, data: Path, json_path: Path) -> dict:
     cmd += ["--json", str(json_path), "--confusion-png", str(json_path.with_suffix(".png"))]
     subprocess.run(cmd, check=True, capture_output=True)
     return json.loads(json_path.read_text())
+
+
+def folder_cuts(folder: Path, out: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, Path]:
+    """A labelled folder of image files (its names or labels.csv label it), shuffled with
+    ``seed`` and cut in the order of ``sizes`` into parquet files under ``out``: {name: path}.
+    A cut past the end gets what is left, so the last one may be smaller than asked."""
+    table = pq.read_table(folder_parquet(folder, cache=out), columns=["image", "text"])
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    cuts, start = {}, 0
+    for name, size in sizes.items():
+        cuts[name] = out / f"{name}.parquet"
+        pq.write_table(table.take(order[start : start + size]), cuts[name])
+        start += size
+    return cuts
 
 
 def _anon_bytes(pid: int) -> int:

@@ -3,10 +3,12 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +50,6 @@ def test_bench_large_dataset_runs():
 
 
 def test_third_party_captchas_are_in_the_shared_schema(tmp_path):
-    import pyarrow.parquet as pq
 
     from captcha_generator import SCHEMA, default_fonts
     from labels import parse_label
@@ -64,7 +65,8 @@ def test_third_party_captchas_are_in_the_shared_schema(tmp_path):
         assert Image.open(io.BytesIO(table["image"][0].as_py()["bytes"])).size == size
 
 
-def test_bench_few_shot_runs(tiny_parquet, tmp_path):
+def make_base(tiny_parquet: Path, tmp_path: Path, output: Path) -> Path:
+    """A one-step base of the full charset for the few-label bench to fine-tune."""
     from conftest import make_tiny_config
 
     from codec import LabelCodec
@@ -73,7 +75,12 @@ def test_bench_few_shot_runs(tiny_parquet, tmp_path):
     from train import train_model
 
     config = make_tiny_config(tiny_parquet, tmp_path, charset=DEFAULT_CHARSET, max_len=8, epochs=1, max_steps=1)
-    base = train_model(config, load_data(config, LabelCodec(config.model.charset, config.model.max_len))) / "best.pt"
+    shutil.copy(train_model(config, load_data(config, LabelCodec(config.model.charset, config.model.max_len))) / "best.pt", output)
+    return output
+
+
+def test_bench_few_shot_runs(tiny_parquet, tmp_path):
+    base = make_base(tiny_parquet, tmp_path, tmp_path / "base.pt")
     out = run(
         "bench/bench_few_shot.py", "--base", str(base), "--generated", str(tiny_parquet), "--sizes", "30", "--test", "10",
         "--unlabelled", "20", "--methods", "semi", "ceiling", "ignore-case", "review", "--minutes", "0.01", "--epochs", "1",
@@ -81,6 +88,34 @@ def test_bench_few_shot_runs(tiny_parquet, tmp_path):
     )  # fmt: skip
     for method in ("semi+20", "ceiling+20", "ignore-case", "review"):
         assert f"| 30 | {method} |" in out
+
+
+def test_a_labelled_folder_is_cut_into_disjoint_sets_and_benched(tiny_parquet, tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import folder_cuts
+
+    from labels import parse_label
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    rows = pq.read_table(tiny_parquet).to_pylist()
+    for i, row in enumerate(rows):
+        (folder / f"{parse_label(row['text'])}_{i}.png").write_bytes(row["image"]["bytes"])
+    cuts = folder_cuts(folder, tmp_path / "cuts", {"test": 10, "labelled": 20, "pool": 1000})
+    sets = {name: pq.read_table(path).to_pylist() for name, path in cuts.items()}
+    assert [len(sets[n]) for n in ("test", "labelled", "pool")] == [10, 20, len(rows) - 30]
+    names = [r["image"]["path"] for cut in sets.values() for r in cut]
+    assert len(set(names)) == len(rows) and all(r["image"]["path"].startswith(f"{r['text']}_") for cut in sets.values() for r in cut)
+    again = folder_cuts(folder, tmp_path / "again", {"test": 10, "labelled": 20, "pool": 1000})
+    assert pq.read_table(again["test"]).equals(pq.read_table(cuts["test"]))  # the same shuffle every time
+    assert not (folder / ".cache").exists()  # the user's folder is left as it was
+    base = tmp_path / "base.pt"
+    make_base(tiny_parquet, tmp_path, base)
+    out = run(
+        "bench/bench_few_shot.py", "--base", str(base), "--folder", str(folder), "--sizes", "20", "--test", "10",
+        "--unlabelled", "1000", "--methods", "fine-tune", "semi", "--minutes", "0.01", "--epochs", "1", "--batch-size", "8",
+    )  # fmt: skip
+    assert f"| 20 | semi+{len(rows) - 30} |" in out and "| 20 | fine-tune |" in out and "test: 10 " in out
 
 
 def test_bench_accuracy_curve_scores_each_snapshot(tiny_parquet, tmp_path):

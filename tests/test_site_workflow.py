@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import inputs
 from codec import LabelCodec
 from config import Config, ModelConfig
 from data_loader import load_data, read_rows
@@ -69,6 +70,18 @@ def test_an_image_folder_is_a_dataset_with_bad_files_counted_by_reason(tiny_parq
     assert again == find_datasets([str(folder)]) and len(again) == 1  # built once, then reused
     (folder / "ab_9999.png").write_bytes((folder / next(iter(written))).read_bytes())
     assert find_datasets([str(folder)]) != again and len(list((folder / ".cache").glob("*.parquet"))) == 1
+
+
+def test_a_read_only_folder_is_cached_in_the_users_cache(tiny_parquet, tmp_path, monkeypatch):
+    folder = tmp_path / "mounted"
+    written = image_folder(tiny_parquet, folder)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(inputs.os, "access", lambda path, mode: Path(path) != folder)  # the folder refuses writes
+    config = Config.from_flat(dict(data=[str(folder)], charset="abc123", max_len=4))
+    _, splits, _ = read_rows(config, LabelCodec(config.model.charset, config.model.max_len))
+    assert sum(len(labels) for _, labels in splits.values()) == len(written)
+    assert not (folder / ".cache").exists()
+    assert list((tmp_path / "home" / ".cache" / "captcha-ocr").glob("*/images-*.parquet"))
 
 
 def test_a_csv_of_labels_names_the_files_and_main_trains_on_the_folder(tiny_parquet, tmp_path):
