@@ -1,9 +1,11 @@
 """What answers constrained to a site's alphabet and length gain: a model reads captchas of a
-restricted alphabet and fixed length (a third-party renderer) with and without
---allowed-chars/--length, scored by accuracy_calculator.py (accuracy, CER, calibration).
+restricted alphabet and fixed length (a third-party renderer, or a labelled --folder of a
+site's captchas read whole) with and without --allowed-chars/--length, scored by
+accuracy_calculator.py (accuracy, CER, calibration).
 
     pip install -r requirements-bench.txt
     python bench/bench_constraints.py --checkpoint pretrained/general.pt --style imagecaptcha --charset 0123456789 --length 5
+    python bench/bench_constraints.py --folder site/ --charset 0123456789 --length 4
 """
 
 import argparse
@@ -13,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, machine
+from common import ROOT, folder_cuts, machine
 from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
@@ -40,6 +42,7 @@ def main() -> None:
     p.add_argument("--style", choices=[s for s in STYLES if s != "multicolor"], default="imagecaptcha", help="renderer of the captchas")
     p.add_argument("--charset", default="0123456789", help="the site's alphabet (the labels are drawn from it)")
     p.add_argument("--length", type=int, default=5, help="the site's fixed label length")
+    p.add_argument("--folder", default=None, help="a labelled folder of a site's captchas to read instead of --style's")
     p.add_argument("--count", type=int, default=2000, help="captchas to read")
     p.add_argument("--seed", type=int, default=1002, help="seed of the captchas")
     p.add_argument("--json", default=None, help="also write the rows here")
@@ -47,11 +50,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = write_third_party(a.count, tmp / "site.parquet", a.seed, a.style, min_len=a.length, max_len=a.length, charset=a.charset)
+        if a.folder:
+            data = folder_cuts(Path(a.folder), tmp, {"site": 10**9})["site"]
+        else:
+            data = write_third_party(a.count, tmp / "site.parquet", a.seed, a.style, min_len=a.length, max_len=a.length, charset=a.charset)
         for name, constraints in (("as trained", []), ("constrained", ["--allowed-chars", a.charset, "--length", str(a.length)])):
             rows.append({"decoding": name} | score(a.checkpoint, data, tmp / f"{len(rows)}.json", constraints))
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\nmachine: {machine()}; {a.checkpoint}; {a.count} {a.style} captchas of {a.length} characters from {a.charset!r}\n")
+    captchas = a.folder or f"{a.count} {a.style} captchas"
+    print(f"\nmachine: {machine()}; {a.checkpoint}; {captchas} of {a.length} characters from {a.charset!r}\n")
     print("| decoding | seq acc | seq acc (case-insensitive) | CER | ECE | coverage at 0.9 | accuracy there |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -8,6 +8,7 @@ each method gets the same CPU minutes (main.py --time-limit) and is scored on th
 Methods, each started from --base except scratch:
   scratch     the labelled captchas alone, from random weights
   fine-tune   the labelled captchas
+  ema         fine-tune with --ema: best.pt takes the weights' moving average where it validates better
   mix         the labelled captchas and --generated ones, half and half
   semi        the labelled captchas plus N unlabelled ones (--unlabelled N ...): an EMA
               teacher's confident answers on them are learnt on a strong view
@@ -41,7 +42,7 @@ from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
 
-METHODS = ("scratch", "fine-tune", "mix", "semi", "ceiling", "ignore-case", "review")
+METHODS = ("scratch", "fine-tune", "ema", "mix", "semi", "ceiling", "ignore-case", "review")
 TRAIN_SHARE = 0.9  # of the labelled set; the rest validates
 
 
@@ -68,6 +69,8 @@ def cells(a, labelled: Path, pools: dict[int, Path]) -> list[tuple[str, list[str
             out.append(("scratch", ["--data", str(labelled)]))
         elif method == "fine-tune":
             out.append(("fine-tune", [*tune, "--data", str(labelled)]))
+        elif method == "ema":
+            out.append(("ema", [*tune, "--data", str(labelled), "--ema"]))
         elif method == "ignore-case":
             out.append(("ignore-case", [*tune, "--data", str(labelled), "--ignore-case"]))
         elif method == "review":

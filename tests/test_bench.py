@@ -90,17 +90,22 @@ def test_bench_few_shot_runs(tiny_parquet, tmp_path):
         assert f"| 30 | {method} |" in out
 
 
+def site_folder(rows: list[dict], folder: Path) -> Path:
+    """``rows`` of the shared schema as a folder of image files named after their labels."""
+    from labels import parse_label
+
+    folder.mkdir()
+    for i, row in enumerate(rows):
+        (folder / f"{parse_label(row['text'])}_{i}.png").write_bytes(row["image"]["bytes"])
+    return folder
+
+
 def test_a_labelled_folder_is_cut_into_disjoint_sets_and_benched(tiny_parquet, tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     from common import folder_cuts
 
-    from labels import parse_label
-
-    folder = tmp_path / "site"
-    folder.mkdir()
     rows = pq.read_table(tiny_parquet).to_pylist()
-    for i, row in enumerate(rows):
-        (folder / f"{parse_label(row['text'])}_{i}.png").write_bytes(row["image"]["bytes"])
+    folder = site_folder(rows, tmp_path / "site")
     cuts = folder_cuts(folder, tmp_path / "cuts", {"test": 10, "labelled": 20, "pool": 1000})
     sets = {name: pq.read_table(path).to_pylist() for name, path in cuts.items()}
     assert [len(sets[n]) for n in ("test", "labelled", "pool")] == [10, 20, len(rows) - 30]
@@ -113,9 +118,9 @@ def test_a_labelled_folder_is_cut_into_disjoint_sets_and_benched(tiny_parquet, t
     make_base(tiny_parquet, tmp_path, base)
     out = run(
         "bench/bench_few_shot.py", "--base", str(base), "--folder", str(folder), "--sizes", "20", "--test", "10",
-        "--unlabelled", "1000", "--methods", "fine-tune", "semi", "--minutes", "0.01", "--epochs", "1", "--batch-size", "8",
+        "--unlabelled", "1000", "--methods", "fine-tune", "ema", "semi", "--minutes", "0.01", "--epochs", "1", "--batch-size", "8",
     )  # fmt: skip
-    assert f"| 20 | semi+{len(rows) - 30} |" in out and "| 20 | fine-tune |" in out and "test: 10 " in out
+    assert f"| 20 | semi+{len(rows) - 30} |" in out and "| 20 | fine-tune |" in out and "| 20 | ema |" in out and "test: 10 " in out
 
 
 def test_bench_accuracy_curve_scores_each_snapshot(tiny_parquet, tmp_path):
@@ -173,3 +178,13 @@ def test_bench_constraints_reads_with_and_without_the_site_constraints(tiny_chec
     out = run("bench/bench_constraints.py", *args)
     assert "| as trained |" in out and "| constrained |" in out
     assert [r["decoding"] for r in json.loads(rows.read_text())] == ["as trained", "constrained"]
+
+
+def test_bench_constraints_reads_a_labelled_folder_whole(tiny_checkpoint, tiny_parquet, tmp_path):
+    folder = site_folder(pq.read_table(tiny_parquet).to_pylist()[:12], tmp_path / "site")
+    rows = tmp_path / "rows.json"
+    args = ("--checkpoint", str(tiny_checkpoint), "--folder", str(folder), "--charset", "abc123", "--length", "4", "--json", str(rows))
+    out = run("bench/bench_constraints.py", *args)
+    read = json.loads(rows.read_text())
+    assert [r["decoding"] for r in read] == ["as trained", "constrained"] and not (folder / ".cache").exists()
+    assert f"; {folder} of 4 characters" in out
