@@ -21,7 +21,7 @@ from config import Config
 from device import get_device
 from image_folders import find_datasets
 from image_store import ImageStore, build_cache, read_cache
-from inputs import cache_folder, decode_image, to_model_mode
+from inputs import decode_image, to_model_mode
 from labels import SPLITS, label_problem, split_for
 
 
@@ -152,7 +152,7 @@ def read_rows(config: Config, codec: LabelCodec, cache_dir: Path | None = None):
     missing = [entries for source, entries in enumerate(sources) if all(s != source for _, s in files)]
     if missing:
         raise FileNotFoundError(f"no parquet or image files found in {missing[0]}")
-    metas = [build_cache(path, cache_dir or cache_folder(path.parent)) for path, _ in files]
+    metas = [build_cache(path, cache_dir) for path, _ in files]
     tables = [read_cache(meta) for meta in metas]
     split_rows, skipped = {s: ([], []) for s in SPLITS}, {}
     for file_index, ((_, source), table) in enumerate(zip(files, tables)):

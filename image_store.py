@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from atomic import atomic_write
-from inputs import open_parquet
+from inputs import cache_folder, open_parquet
 from labels import parse_label, split_key
 
 CACHE_VERSION = 2
@@ -34,11 +34,13 @@ META_SCHEMA = pa.schema(
 )
 
 
-def build_cache(parquet: Path, cache_dir: Path) -> Path:
+def build_cache(parquet: Path, cache_dir: Path | None = None) -> Path:
     """Convert ``parquet`` once, row group by row group, into ``<stem>-<key>.arrow`` (the
     table above) and ``<stem>-<key>.images`` (the image bytes back to back) in ``cache_dir``;
     reused while the parquet file is unchanged, replaced (the old pair deleted) when it
-    changes. Returns the ``.arrow`` path."""
+    changes (``cache_dir`` by default: inputs.cache_folder of the parquet file's folder).
+    Returns the ``.arrow`` path."""
+    cache_dir = cache_dir or cache_folder(parquet.parent)
     stat = parquet.stat()
     where = hashlib.sha1(str(parquet.resolve()).encode()).hexdigest()[:8]
     version = hashlib.sha1(f"v{CACHE_VERSION}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:8]

@@ -20,7 +20,7 @@ from captcha_generator import elastic_transform
 from config import Config
 from data_loader import SquarePadAndResize, _lower_priority, as_batch, image_pixels
 from image_store import ImageStore, build_cache, read_cache
-from inputs import cache_folder, decode_image, find_parquet_files, image_files
+from inputs import decode_image, find_parquet_files, image_files
 
 
 class UnlabelledImages:
@@ -36,7 +36,7 @@ class UnlabelledImages:
                 self.files += image_files(path)
                 continue
             for parquet in find_parquet_files([source]):
-                metas.append(build_cache(parquet, cache_dir or cache_folder(parquet.parent)))
+                metas.append(build_cache(parquet, cache_dir))
                 tables.append(read_cache(metas[-1]))
                 rows += [(len(tables) - 1, r) for r in range(tables[-1].num_rows)]
                 self.labels += [label or None for label in tables[-1]["label"].to_pylist()]

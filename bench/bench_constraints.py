@@ -15,10 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, folder_cuts, machine
+from common import ROOT, machine
 from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
+from image_folders import folder_parquet
 
 
 def score(checkpoint: str, data: Path, json_path: Path, constraints: list[str]) -> dict:
@@ -51,7 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if a.folder:
-            data = folder_cuts(Path(a.folder), tmp, {"site": 10**9})["site"]
+            data = folder_parquet(Path(a.folder), cache=tmp)
         else:
             data = write_third_party(a.count, tmp / "site.parquet", a.seed, a.style, min_len=a.length, max_len=a.length, charset=a.charset)
         for name, constraints in (("as trained", []), ("constrained", ["--allowed-chars", a.charset, "--length", str(a.length)])):

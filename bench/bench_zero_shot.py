@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from common import accuracy_report, folder_cuts, machine
+from common import accuracy_report, machine
 from third_party_captchas import STYLES, write_third_party
 
 from config import HelpFormatter
+from image_folders import folder_parquet
 from labels import parse_label
 from metrics import sequence_metrics
 
@@ -80,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sets = {style: write_third_party(a.count, Path(tmp) / f"{style}.parquet", seed=a.seed, style=style) for style in a.styles}
         for folder in map(Path, a.folders):
-            sets[folder.name] = folder_cuts(folder, Path(tmp) / folder.name, {"all": 10**9})["all"]
+            sets[folder.name] = folder_parquet(folder, cache=Path(tmp) / folder.name)
         for style, data in sets.items():
             for checkpoint in a.checkpoint:
                 report = accuracy_report(Path(checkpoint), data, Path(tmp) / f"{style}-{Path(checkpoint).parent.name}.json")
