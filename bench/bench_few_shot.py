@@ -43,6 +43,7 @@ from third_party_captchas import STYLES, write_third_party
 from config import HelpFormatter
 
 METHODS = ("scratch", "fine-tune", "ema", "mix", "semi", "ceiling", "ignore-case", "review")
+POOL_METHODS = {"semi", "ceiling", "review"}
 TRAIN_SHARE = 0.9  # of the labelled set; the rest validates
 
 
@@ -109,12 +110,13 @@ def review_cell(a, labelled: Path, pool: Path, out: Path) -> tuple[list[str], fl
 
 def data_sets(a, tmp: Path) -> tuple[Path, dict[int, Path], dict[int, Path]]:
     """(test set, {size: unlabelled pool}, {size: labelled set}) of --style's renderer (fresh
-    draws, each with a seed of its own) or of --folder (one shuffle cut into test, labelled
+    draws, each with a seed of its own; pools only for methods that read one) or of --folder (one shuffle cut into test, labelled
     and pool captchas; smaller sets are the first rows of the largest, and a pool the folder
     cannot fill is what is left)."""
     if not a.folder:
         test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001, style=a.style)
-        pools = {n: write_third_party(n, tmp / f"pool{n}" / "pool.parquet", seed=5000 + n, style=a.style) for n in a.unlabelled}
+        pool_sizes = a.unlabelled if POOL_METHODS & set(a.methods) else []
+        pools = {n: write_third_party(n, tmp / f"pool{n}" / "pool.parquet", seed=5000 + n, style=a.style) for n in pool_sizes}
         labelled = {n: write_third_party(n, tmp / f"train{n}" / "train.parquet", seed=2000 + n, style=a.style) for n in a.sizes}
         return test, pools, labelled
     cuts = folder_cuts(Path(a.folder), tmp / "folder", {"test": a.test, "labelled": max(a.sizes), "pool": max(a.unlabelled)})
