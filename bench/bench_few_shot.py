@@ -110,9 +110,9 @@ def review_cell(a, labelled: Path, pool: Path, out: Path) -> tuple[list[str], fl
 
 def data_sets(a, tmp: Path) -> tuple[Path, dict[int, Path], dict[int, Path]]:
     """(test set, {size: unlabelled pool}, {size: labelled set}) of --style's renderer (fresh
-    draws, each with a seed of its own; pools only for methods that read one) or of --folder (one shuffle cut into test, labelled
-    and pool captchas; smaller sets are the first rows of the largest, and a pool the folder
-    cannot fill is what is left)."""
+    draws, each with a seed of its own; pools only for methods that read one) or of --folder
+    (one shuffle cut into test, labelled and pool captchas; smaller sets are the first rows of
+    the largest, and a pool the folder cannot fill is what is left)."""
     if not a.folder:
         test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001, style=a.style)
         pool_sizes = a.unlabelled if POOL_METHODS & set(a.methods) else []
