@@ -110,23 +110,24 @@ def review_cell(a, labelled: Path, pool: Path, out: Path) -> tuple[list[str], fl
 
 def data_sets(a, tmp: Path) -> tuple[Path, dict[int, Path], dict[int, Path]]:
     """(test set, {size: unlabelled pool}, {size: labelled set}) of --style's renderer (fresh
-    draws, each with a seed of its own; pools only for methods that read one) or of --folder
-    (one shuffle cut into test, labelled and pool captchas; smaller sets are the first rows of
-    the largest, and a pool the folder cannot fill is what is left)."""
+    draws, each with a seed of its own) or of --folder (one shuffle cut into test, labelled
+    and pool captchas; smaller sets are the first rows of the largest, and a pool the folder
+    cannot fill is what is left). Pools only for the methods that read one."""
+    pool_sizes = a.unlabelled if POOL_METHODS & set(a.methods) else []
     if not a.folder:
         test = write_third_party(a.test, tmp / "test" / "test.parquet", seed=1001, style=a.style)
-        pool_sizes = a.unlabelled if POOL_METHODS & set(a.methods) else []
         pools = {n: write_third_party(n, tmp / f"pool{n}" / "pool.parquet", seed=5000 + n, style=a.style) for n in pool_sizes}
         labelled = {n: write_third_party(n, tmp / f"train{n}" / "train.parquet", seed=2000 + n, style=a.style) for n in a.sizes}
         return test, pools, labelled
-    cuts = folder_cuts(Path(a.folder), tmp / "folder", {"test": a.test, "labelled": max(a.sizes), "pool": max(a.unlabelled)})
+    sizes = {"test": a.test, "labelled": max(a.sizes), "pool": max(pool_sizes, default=0)}
+    cuts = folder_cuts(Path(a.folder), tmp / "folder", sizes)
 
     def first(name: str, n: int) -> Path:
         table = pq.read_table(cuts[name])
         return concat_tables([table.slice(0, n)], tmp / f"{name}{n}" / f"{name}.parquet")
 
     pool_rows = pq.read_metadata(cuts["pool"]).num_rows
-    return cuts["test"], {min(n, pool_rows): first("pool", n) for n in a.unlabelled}, {n: first("labelled", n) for n in a.sizes}
+    return cuts["test"], {min(n, pool_rows): first("pool", n) for n in pool_sizes}, {n: first("labelled", n) for n in a.sizes}
 
 
 def concat_tables(tables: list[pa.Table], output: Path) -> Path:
