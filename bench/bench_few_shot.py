@@ -122,11 +122,12 @@ def data_sets(a, tmp: Path) -> tuple[Path, dict[int, Path], dict[int, Path]]:
     sizes = {"test": a.test, "labelled": max(a.sizes), "pool": max(pool_sizes, default=0)}
     cuts = folder_cuts(Path(a.folder), tmp / "folder", sizes)
 
-    def first(name: str, n: int) -> Path:
-        table = pq.read_table(cuts[name])
-        return concat_tables([table.slice(0, n)], tmp / f"{name}{n}" / f"{name}.parquet")
+    tables = {name: pq.read_table(cuts[name]) for name in ("labelled", "pool")}
 
-    pool_rows = pq.read_metadata(cuts["pool"]).num_rows
+    def first(name: str, n: int) -> Path:
+        return concat_tables([tables[name].slice(0, n)], tmp / f"{name}{n}" / f"{name}.parquet")
+
+    pool_rows = tables["pool"].num_rows
     return cuts["test"], {min(n, pool_rows): first("pool", n) for n in pool_sizes}, {n: first("labelled", n) for n in a.sizes}
 
 
